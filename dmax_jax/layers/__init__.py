@@ -1,0 +1,1 @@
+"""Building blocks of the LLaDA2-MoE decoder: norms, rotary embeddings, attention, MLP and MoE."""

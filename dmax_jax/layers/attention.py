@@ -1,0 +1,93 @@
+"""Grouped-query attention with per-head QK RMSNorm, partial RoPE and an optional KV prefix (cache)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dmax_jax.config import ModelConfig
+from dmax_jax.layers.common import logical_param
+from dmax_jax.layers.norms import rms_norm
+from dmax_jax.layers.rope import apply_partial_rope
+
+
+def mask_to_bias(mask: jax.Array | None, batch: int, q_len: int, kv_len: int) -> jax.Array:
+  """Normalises a keep mask (bool, True = attend) or additive float mask to an additive float32 bias
+  `[batch, 1, q, kv]`. Accepted shapes: `[q, kv]`, `[batch, q, kv]`, `[batch, 1, q, kv]` (or any
+  broadcastable). `None` = full bidirectional attention."""
+  if mask is None:
+    return jnp.zeros((1, 1, 1, 1), jnp.float32)
+  mask = jnp.asarray(mask)
+  while mask.ndim < 4:
+    mask = mask[None] if mask.ndim != 3 else mask[:, None]
+  if mask.shape[-2:] not in ((q_len, kv_len), (1, kv_len), (q_len, 1), (1, 1)):
+    raise ValueError(f"attention_mask of shape {mask.shape} does not match [batch, {q_len}, {kv_len}]")
+  if mask.shape[0] not in (1, batch):
+    raise ValueError(f"attention_mask batch {mask.shape[0]} does not match input batch {batch}")
+  if mask.dtype == jnp.bool_:
+    return jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+  return jnp.maximum(mask.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+
+
+def attend(q_BxTxNxD, k_BxSxKxD, v_BxSxKxD, bias_Bx1xTxS) -> jax.Array:
+  """Softmax attention with grouped KV heads; scores and softmax in float32.
+
+  Returns `[batch, q_len, heads, head_dim]` in the dtype of `q`.
+  """
+  b, t, n, d = q_BxTxNxD.shape
+  kv_heads = k_BxSxKxD.shape[2]
+  q_BxTxKxGxD = q_BxTxNxD.reshape(b, t, kv_heads, n // kv_heads, d)
+  scores = jnp.einsum("btkgd,bskd->bkgts", q_BxTxKxGxD, k_BxSxKxD,
+                      preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(d))
+  scores = scores + bias_Bx1xTxS[:, :, None]
+  probs = jax.nn.softmax(scores, axis=-1).astype(v_BxSxKxD.dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v_BxSxKxD)
+  return out.reshape(b, t, n, d)
+
+
+class Attention(nn.Module):
+  """Self-attention block. Query/key/value projections are stored split (heads-major, so that they
+  shard over `tensor` by head); the Hugging Face fused `query_key_value` is split on import."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxH, cos_sin, bias_Bx1xTxS, kv_prefix=None):
+    """
+    Args:
+      x_BxTxH: normalised hidden states `[batch, seq, hidden]`.
+      cos_sin: rotary tables from `rope_angles` for the `seq` positions.
+      bias_Bx1xTxS: additive mask over `S = prefix_len + seq` keys.
+      kv_prefix: optional `(k, v)` each `[batch, prefix_len, kv_heads, head_dim]` (cached keys/values,
+        already normalised and rotated) placed before this call's keys.
+    Returns:
+      `(out [batch, seq, hidden], (k, v))` with this call's keys/values `[batch, seq, kv_heads, head_dim]`.
+    """
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    h, n, kvh, d = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    wq = logical_param(self, "query", (h, n, d), ("embed", "heads", "head_dim"))
+    wk = logical_param(self, "key", (h, kvh, d), ("embed", "kv_heads", "head_dim"))
+    wv = logical_param(self, "value", (h, kvh, d), ("embed", "kv_heads", "head_dim"))
+    wo = logical_param(self, "out", (n, d, h), ("heads", "head_dim", "embed"))
+    x = x_BxTxH.astype(dtype)
+    q = jnp.einsum("bth,hnd->btnd", x, wq.astype(dtype))
+    k = jnp.einsum("bth,hkd->btkd", x, wk.astype(dtype))
+    v = jnp.einsum("bth,hkd->btkd", x, wv.astype(dtype))
+    if cfg.use_qk_norm:
+      ones = nn.initializers.ones
+      q = rms_norm(q, logical_param(self, "query_norm", (d,), ("head_dim",), ones), cfg.rms_norm_eps)
+      k = rms_norm(k, logical_param(self, "key_norm", (d,), ("head_dim",), ones), cfg.rms_norm_eps)
+    q = apply_partial_rope(q, *cos_sin)
+    k = apply_partial_rope(k, *cos_sin)
+    q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", "head_dim"))
+    k = nn.with_logical_constraint(k, ("batch", "length", "act_kv_heads", "head_dim"))
+    v = nn.with_logical_constraint(v, ("batch", "length", "act_kv_heads", "head_dim"))
+    keys, values = k, v
+    if kv_prefix is not None:
+      keys = jnp.concatenate([kv_prefix[0].astype(dtype), k], axis=1)
+      values = jnp.concatenate([kv_prefix[1].astype(dtype), v], axis=1)
+    out = attend(q, keys, values, bias_Bx1xTxS)
+    out = jnp.einsum("btnd,ndh->bth", out, wo.astype(dtype))
+    return out, (k, v)

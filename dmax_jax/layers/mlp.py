@@ -1,0 +1,73 @@
+"""Feed-forward blocks: the dense SwiGLU MLP and the routed mixture of experts with shared experts."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dmax_jax.config import ModelConfig
+from dmax_jax.layers import moe
+from dmax_jax.layers.common import logical_param
+
+
+class SwiGLU(nn.Module):
+  """`down(silu(gate(x)) * up(x))` with weights gate/up `[embed, width]`, down `[width, embed]`."""
+
+  config: ModelConfig
+  width: int
+  mlp_axis: str = "mlp"
+
+  @nn.compact
+  def __call__(self, x_BxTxH):
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    h = cfg.hidden_size
+    w_gate = logical_param(self, "gate", (h, self.width), ("embed", self.mlp_axis))
+    w_up = logical_param(self, "up", (h, self.width), ("embed", self.mlp_axis))
+    w_down = logical_param(self, "down", (self.width, h), (self.mlp_axis, "embed"))
+    x = x_BxTxH.astype(dtype)
+    gate = jnp.einsum("bth,hf->btf", x, w_gate.astype(dtype))
+    up = jnp.einsum("bth,hf->btf", x, w_up.astype(dtype))
+    act = nn.with_logical_constraint(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
+    return jnp.einsum("btf,fh->bth", act, w_down.astype(dtype))
+
+
+class MoE(nn.Module):
+  """Routed experts (group-limited sigmoid routing, dropless grouped matmul) plus shared experts.
+
+  `expert_bias` lives in the non-trainable `buffers` collection: it steers selection only and is
+  never touched by the optimizer.
+  """
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxH):
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    h, e, f = cfg.hidden_size, cfg.num_experts, cfg.moe_intermediate_size
+    w_router = logical_param(self, "router", (h, e), ("embed", "router_experts"))
+    expert_bias = self.variable(
+        "buffers", "expert_bias",
+        nn.with_logical_partitioning(lambda: jnp.zeros((e,), jnp.float32), ("router_experts",))).value
+    experts = moe.ExpertWeights(
+        gate=logical_param(self, "experts_gate", (e, h, f), ("expert", "embed", "moe_mlp")),
+        up=logical_param(self, "experts_up", (e, h, f), ("expert", "embed", "moe_mlp")),
+        down=logical_param(self, "experts_down", (e, f, h), ("expert", "moe_mlp", "embed")),
+    )
+    b, t, _ = x_BxTxH.shape
+    x_NxH = x_BxTxH.reshape(b * t, h)
+    router_logits = jnp.einsum("nh,he->ne", x_NxH.astype(jnp.float32), w_router.astype(jnp.float32),
+                               precision=jax.lax.Precision.HIGHEST)
+    expert_ids, weights = moe.route(
+        router_logits, expert_bias, top_k=cfg.num_experts_per_tok, n_group=cfg.n_group,
+        topk_group=cfg.topk_group, routed_scaling_factor=cfg.routed_scaling_factor,
+        norm_topk_prob=cfg.norm_topk_prob)
+    self.sow("intermediates", "router", (router_logits, expert_ids, weights))
+    routed = moe.dispatch_experts(x_NxH.astype(dtype), expert_ids, weights, experts,
+                                  impl=cfg.moe_impl, max_tile=cfg.moe_tile_size)
+    out = routed.reshape(b, t, h)
+    if cfg.num_shared_experts > 0:
+      out = out + SwiGLU(cfg, cfg.shared_intermediate_size, "moe_mlp", name="shared")(x_BxTxH)
+    return out

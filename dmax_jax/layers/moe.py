@@ -1,0 +1,146 @@
+"""Mixture-of-experts as pure functions: group-limited sigmoid routing and dropless grouped matmuls.
+
+Routing follows the official LLaDA2 / DeepSeek-V3 router: sigmoid scores, `expert_bias` added for
+selection only, the best `topk_group` of `n_group` groups (a group's score is the sum of its two best
+biased scores), top-k experts inside the kept groups, weights = unbiased scores renormalised and scaled.
+
+Dispatch is dropless: the `tokens * k` (token, expert) assignments are sorted by expert and every
+expert multiplies only its own rows, either with `jax.lax.ragged_dot` (TPU/GPU grouped matmul) or
+with expert-aligned tiles and a batched matmul (fast on every backend, including XLA:CPU, which
+expands `ragged_dot` into a dense dot over every expert).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class ExpertWeights(NamedTuple):
+  """Stacked SwiGLU expert weights: gate/up `[experts, embed, mlp]`, down `[experts, mlp, embed]`."""
+  gate: jax.Array
+  up: jax.Array
+  down: jax.Array
+
+
+def _rank_descending(scores_TxN: jax.Array) -> jax.Array:
+  """Rank of every entry in its row, 0 = largest; ties go to the lower index (as `torch.topk`)."""
+  n = scores_TxN.shape[-1]
+  a = scores_TxN[..., :, None]
+  b = scores_TxN[..., None, :]
+  idx = jnp.arange(n)
+  beats = (b > a) | ((b == a) & (idx[None, :] < idx[:, None]))
+  return jnp.sum(beats, axis=-1)
+
+
+def route(router_logits_TxE: jax.Array, expert_bias_E: jax.Array, *, top_k: int, n_group: int,
+          topk_group: int, routed_scaling_factor: float, norm_topk_prob: bool
+          ) -> tuple[jax.Array, jax.Array]:
+  """Group-limited top-k selection with sigmoid scores.
+
+  Args:
+    router_logits_TxE: `[tokens, experts]`, float32.
+    expert_bias_E: `[experts]`, selection-only bias.
+  Returns:
+    `(expert_ids [tokens, top_k] int32, weights [tokens, top_k] float32)`, ordered by biased score.
+  """
+  num_tokens, num_experts = router_logits_TxE.shape
+  scores_TxE = jax.nn.sigmoid(router_logits_TxE.astype(jnp.float32))
+  biased_TxE = scores_TxE + expert_bias_E.astype(jnp.float32)[None, :]
+  if n_group > 1:
+    grouped_TxGxS = biased_TxE.reshape(num_tokens, n_group, num_experts // n_group)
+    # Sum of the two largest biased scores per group, without a top_k (slow for small groups on TPU).
+    first = jnp.max(grouped_TxGxS, axis=-1, keepdims=True)
+    first_pos = jnp.argmax(grouped_TxGxS, axis=-1)[..., None]
+    is_first = jnp.arange(grouped_TxGxS.shape[-1]) == first_pos
+    second = jnp.max(jnp.where(is_first, -jnp.inf, grouped_TxGxS), axis=-1, keepdims=True)
+    group_score_TxG = (first + second)[..., 0]
+    keep_group_TxG = _rank_descending(group_score_TxG) < topk_group
+    keep_TxE = jnp.repeat(keep_group_TxG, num_experts // n_group, axis=-1)
+    biased_TxE = jnp.where(keep_TxE, biased_TxE, -jnp.inf)
+  _, expert_ids_TxK = jax.lax.top_k(biased_TxE, top_k)
+  weights_TxK = jnp.take_along_axis(scores_TxE, expert_ids_TxK, axis=-1)
+  if top_k > 1 and norm_topk_prob:
+    weights_TxK = weights_TxK / (jnp.sum(weights_TxK, axis=-1, keepdims=True) + 1e-20)
+  return expert_ids_TxK.astype(jnp.int32), weights_TxK * routed_scaling_factor
+
+
+def _swiglu(gate: jax.Array, up: jax.Array) -> jax.Array:
+  return jax.nn.silu(gate) * up
+
+
+def _ragged_experts(rows_MxD, group_sizes_E, w: ExpertWeights, dtype) -> jax.Array:
+  gate = jax.lax.ragged_dot(rows_MxD, w.gate.astype(dtype), group_sizes_E)
+  up = jax.lax.ragged_dot(rows_MxD, w.up.astype(dtype), group_sizes_E)
+  return jax.lax.ragged_dot(_swiglu(gate, up), w.down.astype(dtype), group_sizes_E)
+
+
+def tile_size_for(num_rows: int, num_experts: int, max_tile: int) -> int:
+  """Power-of-two tile near the mean rows per expert, in [8, max_tile]: small tiles waste less padding."""
+  mean_rows = max(1, num_rows // num_experts)
+  return int(min(max_tile, max(8, 2 ** math.ceil(math.log2(mean_rows)))))
+
+
+def _tiled_experts(rows_MxD, group_sizes_E, w: ExpertWeights, dtype, max_tile: int) -> jax.Array:
+  """Grouped matmul by expert-aligned tiles: each expert's rows are padded to whole tiles of `m` rows,
+  so every tile belongs to one expert; tiles are multiplied by their expert's gathered weights.
+
+  Work is `(rows + used_experts * m) * d * f` instead of `tokens * experts * d * f`.
+  """
+  num_rows, dim = rows_MxD.shape
+  num_experts = group_sizes_E.shape[0]
+  m = tile_size_for(num_rows, num_experts, max_tile)
+  num_tiles = -(-num_rows // m) + min(num_experts, num_rows)
+  padded_sizes_E = -(-group_sizes_E // m) * m
+  padded_end_E = jnp.cumsum(padded_sizes_E)
+  padded_start_E = padded_end_E - padded_sizes_E
+  start_E = jnp.cumsum(group_sizes_E) - group_sizes_E
+  expert_of_row_M = jnp.repeat(jnp.arange(num_experts), group_sizes_E, total_repeat_length=num_rows)
+  padded_pos_M = padded_start_E[expert_of_row_M] + jnp.arange(num_rows) - start_E[expert_of_row_M]
+  tiles_PxD = jnp.zeros((num_tiles * m, dim), rows_MxD.dtype).at[padded_pos_M].set(rows_MxD)
+  tiles_NxmxD = tiles_PxD.reshape(num_tiles, m, dim)
+  tile_expert_N = jnp.minimum(
+      jnp.searchsorted(padded_end_E, jnp.arange(num_tiles) * m, side="right"), num_experts - 1)
+  gate = jnp.einsum("nmd,ndf->nmf", tiles_NxmxD, w.gate[tile_expert_N].astype(dtype))
+  up = jnp.einsum("nmd,ndf->nmf", tiles_NxmxD, w.up[tile_expert_N].astype(dtype))
+  out_NxmxD = jnp.einsum("nmf,nfd->nmd", _swiglu(gate, up), w.down[tile_expert_N].astype(dtype))
+  return out_NxmxD.reshape(num_tiles * m, dim)[padded_pos_M]
+
+
+def resolve_impl(impl: str) -> str:
+  """`auto` picks `ragged` on TPU/GPU and `tiled` on CPU."""
+  if impl != "auto":
+    return impl
+  return "tiled" if jax.default_backend() == "cpu" else "ragged"
+
+
+def dispatch_experts(x_TxD: jax.Array, expert_ids_TxK: jax.Array, weights_TxK: jax.Array,
+                     experts: ExpertWeights, *, impl: str = "auto", max_tile: int = 64) -> jax.Array:
+  """Dropless routed-expert output `sum_k weight_k * expert_k(x)`.
+
+  Args:
+    x_TxD: `[tokens, embed]` in the compute dtype.
+    expert_ids_TxK, weights_TxK: `[tokens, top_k]` from `route`.
+    experts: stacked expert weights.
+  Returns:
+    `[tokens, embed]` in the dtype of `x_TxD`.
+  """
+  num_tokens, top_k = expert_ids_TxK.shape
+  num_experts = experts.gate.shape[0]
+  flat_M = expert_ids_TxK.reshape(-1)
+  order_M = jnp.argsort(flat_M, stable=True)
+  rows_MxD = x_TxD[order_M // top_k]
+  group_sizes_E = jnp.bincount(flat_M, length=num_experts).astype(jnp.int32)
+  impl = resolve_impl(impl)
+  if impl == "ragged":
+    out_MxD = _ragged_experts(rows_MxD, group_sizes_E, experts, x_TxD.dtype)
+  elif impl == "tiled":
+    out_MxD = _tiled_experts(rows_MxD, group_sizes_E, experts, x_TxD.dtype, max_tile)
+  else:
+    raise ValueError(f"unknown MoE implementation {impl!r}")
+  unsorted_MxD = jnp.zeros_like(out_MxD).at[order_M].set(out_MxD)
+  per_slot_TxKxD = unsorted_MxD.reshape(num_tokens, top_k, -1).astype(jnp.float32)
+  return jnp.einsum("tkd,tk->td", per_slot_TxKxD, weights_TxK).astype(x_TxD.dtype)
