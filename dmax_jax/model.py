@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dmax_jax import sharding
 from dmax_jax.config import ModelConfig
 from dmax_jax.layers.attention import Attention, mask_to_bias
 from dmax_jax.layers.common import logical_param
@@ -182,6 +183,11 @@ def logical_partition_specs(config: ModelConfig) -> Variables:
   """Logical `PartitionSpec` of every variable (same tree as `abstract_variables`)."""
   boxed = jax.eval_shape(functools.partial(init_variables, config), jax.random.key(0))
   return nn.get_partition_spec(boxed)
+
+
+def variable_shardings(config: ModelConfig, mesh: jax.sharding.Mesh) -> Variables:
+  """`NamedSharding` of every variable on `mesh`, from its logical axes and the project's rules."""
+  return sharding.logical_to_sharding(logical_partition_specs(config), mesh)
 
 
 def embed_tokens(config: ModelConfig, variables: Variables, input_ids_BxT: jax.Array) -> jax.Array:

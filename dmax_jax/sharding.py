@@ -71,7 +71,7 @@ def make_mesh(shape: dict[str, int] | Sequence[int] | None = None,
 @contextlib.contextmanager
 def use_mesh(mesh: Mesh):
   """Activates `mesh` and the logical axis rules, so logical constraints inside the model resolve."""
-  with jax.sharding.use_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
     yield
 
 

@@ -10,6 +10,8 @@ import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
+REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+LLADA2_MINI_CONFIG = os.path.join(REPO_ROOT, "configs", "llada2_mini.json")
 FIXTURE_DIR = os.path.abspath(
     os.environ.get("DMAX_FIXTURE_DIR",
                    os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures", "tiny_llada2")))

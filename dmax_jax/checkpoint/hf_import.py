@@ -1,20 +1,27 @@
-"""Hugging Face safetensors -> this project's variables, one tensor at a time."""
+"""Hugging Face safetensors -> this project's variables, one variable (leaf) at a time.
+
+`HFCheckpoint` reads only the safetensors headers up front: it maps every HF tensor to the variable
+slots it fills (validating names, layers, experts and completeness), so each variable can later be
+filled on its own from memory-mapped files. Peak memory is one variable plus one HF tensor.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+import collections
+import dataclasses
+from typing import Any, Callable
 
 import jax
 import numpy as np
 from tqdm.auto import tqdm
 
 from dmax_jax.checkpoint import hf_mapping
-from dmax_jax.checkpoint.safetensors_io import CheckpointError, iter_tensors
+from dmax_jax.checkpoint.safetensors_io import CheckpointError, SafetensorsFile, iter_tensors
 from dmax_jax.config import ModelConfig
 from dmax_jax.model import abstract_variables
 
 
-def variable_paths(abstract: Any) -> dict[str, jax.ShapeDtypeStruct]:
+def variable_paths(abstract: Any) -> dict[str, Any]:
   """`{"params/a/b": leaf}` for a nested-dict variables pytree."""
   out = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
@@ -29,26 +36,17 @@ def set_path(tree: dict, path: str, value: Any) -> None:
   tree[last] = value
 
 
-def iter_converted(directory: str, cfg: ModelConfig
-                   ) -> Iterator[tuple[str, tuple[tuple[str, tuple[int, ...], np.ndarray], ...]]]:
-  """Yields `(hf_name, ((variable path, index, array), ...))` per HF tensor, validating names/shapes.
+def unflatten(flat: dict[str, Any]) -> dict:
+  """Inverse of `variable_paths`."""
+  tree: dict = {}
+  for path, value in flat.items():
+    set_path(tree, path, value)
+  return tree
 
-  Arrays keep the checkpoint's dtype; expected shapes come from the config, so a config that does not
-  match the weights fails here with the tensor's name.
-  """
-  shapes = variable_paths(abstract_variables(cfg))
-  for name, f in iter_tensors(directory):
-    rule, slots = hf_mapping.slots_for(name, cfg)
-    parts = rule.to_jax(f.read(name), cfg)
-    out = []
-    for (path, index), part in zip(slots, parts):
-      want = shapes[path].shape[len(index):]
-      if tuple(part.shape) != tuple(want):
-        raise CheckpointError(
-            f"tensor {name!r} has shape {f.shape(name)}, which does not fit {path} (expected "
-            f"{want} after conversion, got {tuple(part.shape)}): does config.json match the weights?")
-      out.append((path, index, part))
-    yield name, tuple(out)
+
+def leaf_dtype(path: str, param_dtype: Any) -> np.dtype:
+  """Storage dtype of variable `path`: buffers (the router's expert_bias) always stay float32."""
+  return np.dtype(np.float32) if path.startswith("buffers/") else np.dtype(param_dtype)
 
 
 def check_complete(seen: set[str], cfg: ModelConfig) -> None:
@@ -62,6 +60,79 @@ def check_complete(seen: set[str], cfg: ModelConfig) -> None:
     raise CheckpointError(f"checkpoint is missing {len(closest)} tensor(s): {shown}{more}")
 
 
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """One HF tensor's contribution to a variable: part `part` of `rule.to_jax(tensor)` goes to `index`."""
+  name: str
+  file: SafetensorsFile
+  rule: hf_mapping.Rule
+  part: int
+  index: tuple[int, ...]
+
+
+class HFCheckpoint:
+  """A validated index of a Hugging Face LLaDA2-MoE checkpoint directory (headers only, no data read).
+
+  Attributes:
+    sources: variable path -> the `Source`s that fill it.
+    shapes: variable path -> expected shape (from the config).
+    dtype: the checkpoint's floating dtype (that of the embedding table).
+    num_tensors, num_bytes: size of the HF checkpoint.
+  """
+
+  def __init__(self, directory: str, cfg: ModelConfig):
+    self.directory, self.cfg = directory, cfg
+    self.shapes = {p: tuple(s.shape) for p, s in variable_paths(abstract_variables(cfg)).items()}
+    self.sources: dict[str, list[Source]] = collections.defaultdict(list)
+    # which (layer[, expert]) cells of each stacked variable are already filled
+    covered = {p: np.zeros(s[:2] if "_layers/" in p else (), bool) for p, s in self.shapes.items()}
+    names: set[str] = set()
+    self.num_bytes = 0
+    for name, f in iter_tensors(directory):
+      try:
+        rule, slots = hf_mapping.slots_for(name, cfg)
+      except hf_mapping.MappingError as e:
+        raise CheckpointError(f"{f.path}: {e}") from None
+      names.add(name)
+      self.num_bytes += int(np.prod(f.shape(name), dtype=np.int64)) * f.dtype(name).itemsize
+      for part, (path, index) in enumerate(slots):
+        if covered[path][index].any():
+          raise CheckpointError(f"{f.path}: tensor {name!r} fills {path}{list(index)}, which another "
+                                "tensor already fills (per-expert and merged experts mixed?)")
+        covered[path][index] = True
+        self.sources[path].append(Source(name, f, rule, part, index))
+    check_complete(names, cfg)
+    self.num_tensors = len(names)
+    embed = self.sources["params/embedding"][0]
+    self.dtype = embed.file.dtype(embed.name)
+
+  def fill(self, path: str, out: np.ndarray, on_tensor: Callable[[str], None] | None = None) -> np.ndarray:
+    """Writes every HF tensor of variable `path` into `out` (cast to `out.dtype`); returns `out`."""
+    want = self.shapes[path]
+    if tuple(out.shape) != want:
+      raise ValueError(f"buffer for {path} has shape {out.shape}, expected {want}")
+    for src in self.sources[path]:
+      piece = src.rule.to_jax(src.file.read(src.name), self.cfg)[src.part]
+      if tuple(piece.shape) != want[len(src.index):]:
+        raise CheckpointError(
+            f"{src.file.path}: tensor {src.name!r} has shape {src.file.shape(src.name)}, which does not "
+            f"fit {path} (expected {want[len(src.index):]} after conversion, got {tuple(piece.shape)}): "
+            "does config.json match the weights?")
+      out[src.index] = piece
+      if on_tensor is not None:
+        on_tensor(src.name)
+    return out
+
+  def read(self, path: str, dtype: Any = None) -> np.ndarray:
+    """Variable `path` as a new host array (default dtype: the checkpoint's; buffers float32)."""
+    return self.fill(path, np.empty(self.shapes[path], leaf_dtype(path, dtype or self.dtype)))
+
+  def progress(self, desc: str, enabled: bool = True):
+    """A tqdm bar counting HF tensors (a fused tensor counts once per variable it fills)."""
+    total = sum(len(v) for v in self.sources.values())
+    return tqdm(total=total, desc=desc, unit="tensor", disable=not enabled)
+
+
 def load_hf_variables(directory: str, cfg: ModelConfig, dtype: Any = None,
                       progress: bool = False) -> dict:
   """Reads a Hugging Face LLaDA2-MoE checkpoint into a host (numpy) variables pytree.
@@ -71,20 +142,9 @@ def load_hf_variables(directory: str, cfg: ModelConfig, dtype: Any = None,
     cfg: the model config (its `param_dtype` is used unless `dtype` is given).
     dtype: parameter dtype; the `expert_bias` buffer stays float32.
   """
-  abstract = variable_paths(abstract_variables(cfg))
-  param_dtype = np.dtype(dtype or cfg.param_dtype)
-  arrays = {p: np.empty(s.shape, np.float32 if p.startswith("buffers/") else param_dtype)
-            for p, s in abstract.items()}
-  seen: set[str] = set()
-  it: Iterator = iter_converted(directory, cfg)
-  if progress:
-    it = tqdm(it, desc="loading tensors", unit="tensor")
-  for name, parts in it:
-    seen.add(name)
-    for path, index, part in parts:
-      arrays[path][index] = part
-  check_complete(seen, cfg)
-  variables: dict = {}
-  for path, arr in arrays.items():
-    set_path(variables, path, arr)
-  return variables
+  ckpt = HFCheckpoint(directory, cfg)
+  param_dtype = dtype or cfg.param_dtype
+  with ckpt.progress("loading tensors", progress) as bar:
+    flat = {p: ckpt.fill(p, np.empty(s, leaf_dtype(p, param_dtype)), lambda _: bar.update())
+            for p, s in ckpt.shapes.items()}
+  return unflatten(flat)

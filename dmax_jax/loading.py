@@ -1,0 +1,67 @@
+"""`load_model`: a converted (Orbax) or Hugging Face checkpoint directory -> (config, variables)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, SingleDeviceSharding
+
+from dmax_jax import sharding as sharding_lib
+from dmax_jax.checkpoint import converted
+from dmax_jax.checkpoint.hf_import import HFCheckpoint, unflatten, variable_paths
+from dmax_jax.config import ModelConfig
+from dmax_jax.model import logical_partition_specs
+
+
+def dtype_name(dtype: Any) -> str:
+  """`"bfloat16"` for `jnp.bfloat16`, `"bfloat16"`, `np.dtype(ml_dtypes.bfloat16)`, ..."""
+  return np.dtype(dtype).name
+
+
+def variable_shardings(cfg: ModelConfig, mesh: Mesh | None) -> Any:
+  """`NamedSharding` of every variable on `mesh` (from the logical axis rules), or the first device."""
+  if mesh is None:
+    device = SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda _: device, logical_partition_specs(cfg),
+                        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  return sharding_lib.logical_to_sharding(logical_partition_specs(cfg), mesh)
+
+
+def _load_hf(path: str, cfg: ModelConfig, dtype: Any, mesh: Mesh | None) -> tuple[ModelConfig, dict]:
+  ckpt = HFCheckpoint(path, cfg)
+  cfg = cfg.replace(param_dtype=dtype_name(dtype or ckpt.dtype))
+  shardings = variable_paths(variable_shardings(cfg, mesh))
+  flat = {}
+  for leaf_path, leaf_sharding in shardings.items():
+    host = ckpt.read(leaf_path, cfg.param_dtype)  # one variable on the host at a time
+    flat[leaf_path] = jax.make_array_from_callback(host.shape, leaf_sharding, lambda idx: host[idx])
+    del host
+  return cfg, unflatten(flat)
+
+
+def load_model(path: str, dtype: Any = None, mesh: Mesh | None = None,
+               **runtime: Any) -> tuple[ModelConfig, dict]:
+  """Loads a model checkpoint.
+
+  Args:
+    path: a directory converted by `convert_weights.py hf-to-jax` (Orbax), or a Hugging Face
+      directory (config.json + `model.safetensors` or sharded with `model.safetensors.index.json`;
+      per-expert or merged experts; float32 or bfloat16).
+    dtype: parameter dtype (e.g. `jnp.bfloat16` or "float32"); default: the checkpoint's. The
+      router's `expert_bias` buffer always stays float32.
+    mesh: when given, every variable is created directly with its `NamedSharding` from the logical
+      axis rules (`dmax_jax.sharding`); otherwise everything lives on the first device.
+    **runtime: run-time `ModelConfig` fields (`dtype`, `remat_policy`, `moe_impl`, ...).
+
+  Returns:
+    `(config, variables)`, variables = `{"params": ..., "buffers": ...}` of `jax.Array`s, ready for
+    `dmax_jax.forward(config, variables, ...)`.
+  """
+  cfg = ModelConfig.from_json(path, **runtime)
+  if not converted.is_converted(path):
+    return _load_hf(path, cfg, dtype, mesh)
+  marker = converted.read_marker(path)
+  cfg = cfg.replace(param_dtype=dtype_name(dtype or marker["param_dtype"]))
+  return cfg, converted.restore(path, cfg, variable_shardings(cfg, mesh))
