@@ -5,19 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import numpy as np
 from jax.sharding import Mesh, SingleDeviceSharding
 
 from dmax_jax import sharding as sharding_lib
 from dmax_jax.checkpoint import converted
-from dmax_jax.checkpoint.hf_import import HFCheckpoint, unflatten, variable_paths
+from dmax_jax.checkpoint.hf_import import HFCheckpoint, dtype_name, unflatten, variable_paths
 from dmax_jax.config import ModelConfig
 from dmax_jax.model import logical_partition_specs
-
-
-def dtype_name(dtype: Any) -> str:
-  """`"bfloat16"` for `jnp.bfloat16`, `"bfloat16"`, `np.dtype(ml_dtypes.bfloat16)`, ..."""
-  return np.dtype(dtype).name
 
 
 def variable_shardings(cfg: ModelConfig, mesh: Mesh | None) -> Any:

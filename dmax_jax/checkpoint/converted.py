@@ -69,7 +69,7 @@ def copy_aux_files(src: str, dst: str) -> list[str]:
   copied = []
   for name in ("config.json",) + AUX_FILES:
     if os.path.isfile(os.path.join(src, name)):
-      shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
+      shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
       copied.append(name)
   return copied
 

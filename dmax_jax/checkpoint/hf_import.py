@@ -44,6 +44,11 @@ def unflatten(flat: dict[str, Any]) -> dict:
   return tree
 
 
+def dtype_name(dtype: Any) -> str:
+  """`"bfloat16"` for `jnp.bfloat16`, `"bfloat16"`, `np.dtype(ml_dtypes.bfloat16)`, ..."""
+  return np.dtype(dtype).name
+
+
 def leaf_dtype(path: str, param_dtype: Any) -> np.dtype:
   """Storage dtype of variable `path`: buffers (the router's expert_bias) always stay float32."""
   return np.dtype(np.float32) if path.startswith("buffers/") else np.dtype(param_dtype)
@@ -107,7 +112,11 @@ class HFCheckpoint:
     self.dtype = embed.file.dtype(embed.name)
 
   def fill(self, path: str, out: np.ndarray, on_tensor: Callable[[str], None] | None = None) -> np.ndarray:
-    """Writes every HF tensor of variable `path` into `out` (cast to `out.dtype`); returns `out`."""
+    """Writes every HF tensor of variable `path` into `out` (cast to `out.dtype`); returns `out`.
+
+    `on_tensor(name)` is called once per HF tensor over all variables (for tensors split into several
+    variables, at the first part).
+    """
     want = self.shapes[path]
     if tuple(out.shape) != want:
       raise ValueError(f"buffer for {path} has shape {out.shape}, expected {want}")
@@ -119,7 +128,7 @@ class HFCheckpoint:
             f"fit {path} (expected {want[len(src.index):]} after conversion, got {tuple(piece.shape)}): "
             "does config.json match the weights?")
       out[src.index] = piece
-      if on_tensor is not None:
+      if on_tensor is not None and src.part == 0:
         on_tensor(src.name)
     return out
 
@@ -128,9 +137,8 @@ class HFCheckpoint:
     return self.fill(path, np.empty(self.shapes[path], leaf_dtype(path, dtype or self.dtype)))
 
   def progress(self, desc: str, enabled: bool = True):
-    """A tqdm bar counting HF tensors (a fused tensor counts once per variable it fills)."""
-    total = sum(len(v) for v in self.sources.values())
-    return tqdm(total=total, desc=desc, unit="tensor", disable=not enabled)
+    """A tqdm bar counting HF tensors (for `fill`'s `on_tensor`)."""
+    return tqdm(total=self.num_tensors, desc=desc, unit="tensor", disable=not enabled)
 
 
 def load_hf_variables(directory: str, cfg: ModelConfig, dtype: Any = None,

@@ -109,3 +109,62 @@ def iter_tensors(directory: str) -> Iterator[tuple[str, SafetensorsFile]]:
         raise CheckpointError(f"tensor {name!r} appears in both {seen[name]} and {path}")
       seen[name] = path
       yield name, f
+
+
+class SafetensorsWriter:
+  """Writes one safetensors file tensor by tensor, never holding more than the tensor being written.
+
+  Names and byte sizes are declared up front (they fix the data offsets); the JSON header also needs
+  the shapes, so space for it is reserved before the data and it is written last, padded with spaces
+  (valid JSON whitespace, as the reference writer pads to 8-byte alignment).
+  """
+
+  def __init__(self, path: str, nbytes: dict[str, int], metadata: dict[str, str] | None = None):
+    self.path, self._metadata = path, metadata or {}
+    self._order = list(nbytes)
+    self._offsets, end = {}, 0
+    for name, size in nbytes.items():
+      self._offsets[name] = (end, end + size)
+      end += size
+    bound = {name: {"dtype": "BF16", "shape": [10**19] * 4, "data_offsets": [10**19, 10**19]}
+             for name in nbytes}
+    self._header_len = -(-len(self._header_bytes(bound)) // 8) * 8
+    self._entries: dict[str, dict] = {}
+    self._file = open(path, "wb")
+    self._file.seek(8 + self._header_len)
+
+  def _header_bytes(self, entries: dict) -> bytes:
+    header = {"__metadata__": self._metadata, **entries} if self._metadata else entries
+    return json.dumps(header, separators=(",", ":")).encode()
+
+  def write(self, name: str, array: np.ndarray) -> None:
+    """Appends `array` as tensor `name` (declared order; dtype must be one safetensors knows)."""
+    begin, end = self._offsets[name]
+    if len(self._entries) >= len(self._order) or self._order[len(self._entries)] != name:
+      raise ValueError(f"{self.path}: tensor {name!r} written out of the declared order")
+    if array.nbytes != end - begin or array.dtype not in DTYPE_NAMES:
+      raise ValueError(f"{self.path}: tensor {name!r} ({array.dtype}, {array.nbytes} bytes) does not "
+                       f"match its declared size of {end - begin} bytes")
+    self._file.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+    self._entries[name] = {"dtype": DTYPE_NAMES[array.dtype], "shape": list(array.shape),
+                           "data_offsets": [begin, end]}
+
+  def __enter__(self) -> "SafetensorsWriter":
+    return self
+
+  def __exit__(self, exc_type, *_) -> None:
+    if exc_type is None:
+      self.close()
+    else:
+      self._file.close()
+
+  def close(self) -> None:
+    """Writes the header; raises if a declared tensor was never written."""
+    missing = [n for n in self._offsets if n not in self._entries]
+    if missing:
+      self._file.close()
+      raise ValueError(f"{self.path}: {len(missing)} declared tensor(s) never written, e.g. {missing[0]!r}")
+    header = self._header_bytes(self._entries)
+    self._file.seek(0)
+    self._file.write(struct.pack("<Q", self._header_len) + header.ljust(self._header_len, b" "))
+    self._file.close()
