@@ -1,0 +1,92 @@
+"""The On-Policy Uniform Training (OPUT) objective of DMax on the block-diffusion `noisy ⊕ clean` input.
+
+The model sees `concat(noisy, clean)` (length 2L) with positions `arange(L) ⊕ arange(L)` under the
+block-diffusion mask. The rollout pass (no gradient) predicts every masked noisy position; for rows with
+`flags[b]` those positions are replaced by the argmax, and the training pass is scored by cross-entropy
+of its noisy-half logits against the clean labels at the same positions (no shift).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from dmax_jax.config import ModelConfig
+from dmax_jax.layers.attention import mask_to_bias
+from dmax_jax.model import Transformer, apply_model, embed_tokens
+
+IGNORE_INDEX = -100
+
+
+def block_diffusion_mask(seq_len: int, block_size: int) -> jax.Array:
+  """Keep mask `[2L, 2L]` (True = attend) over `noisy ⊕ clean`.
+
+  Noisy block b sees noisy block b and clean blocks < b; clean block b sees clean blocks <= b; clean
+  never sees noisy.
+  """
+  block = jnp.arange(seq_len) // block_size
+  q, k = block[:, None], block[None, :]
+  noisy_rows = jnp.concatenate([q == k, k < q], axis=1)
+  clean_rows = jnp.concatenate([jnp.zeros((seq_len, seq_len), bool), k <= q], axis=1)
+  return jnp.concatenate([noisy_rows, clean_rows], axis=0)
+
+
+def _noisy_half_logits(config: ModelConfig, variables: Any, input_ids_Bx2L, bias) -> jax.Array:
+  """Float32 logits `[batch, L, vocab]` of the noisy half only (the LM head never sees the clean half)."""
+  seq_len = input_ids_Bx2L.shape[1] // 2
+  positions = jnp.tile(jnp.arange(seq_len, dtype=jnp.int32), 2)[None]
+  positions = jnp.broadcast_to(positions, input_ids_Bx2L.shape)
+  hidden, _ = apply_model(config, variables, embed_tokens(config, variables, input_ids_Bx2L), positions,
+                          bias, return_hidden=True)
+  return Transformer(config).apply(variables, hidden[:, :seq_len], method=Transformer.logits)
+
+
+def oput_loss_terms(config: ModelConfig, variables: Any, noisy_ids_BxL, clean_ids_BxL, labels_BxL,
+                    flags_B, block_size: int) -> tuple[jax.Array, jax.Array]:
+  """`(sum of token cross-entropies, number of label tokens)`, both float32 scalars.
+
+  Kept as a sum so that gradient accumulation over micro-batches averages over all label tokens of
+  the global batch, not over micro-batch means.
+  """
+  seq_len = noisy_ids_BxL.shape[1]
+  bias = mask_to_bias(block_diffusion_mask(seq_len, block_size), 1, 2 * seq_len, 2 * seq_len)
+  masked = noisy_ids_BxL == config.mask_token_id
+
+  def rollout():
+    frozen = jax.lax.stop_gradient(variables)
+    logits = _noisy_half_logits(config, frozen, jnp.concatenate([noisy_ids_BxL, clean_ids_BxL], 1), bias)
+    guess = jnp.argmax(logits, axis=-1).astype(noisy_ids_BxL.dtype)
+    return jnp.where(masked & flags_B[:, None], guess, noisy_ids_BxL)
+
+  flags_B = jnp.asarray(flags_B, bool)
+  # Rows without the flag keep their masked input; skip the rollout when no row needs it.
+  policy_ids = jax.lax.cond(jnp.any(flags_B), rollout, lambda: noisy_ids_BxL)
+  logits = _noisy_half_logits(config, variables, jnp.concatenate([policy_ids, clean_ids_BxL], 1), bias)
+  valid = labels_BxL != IGNORE_INDEX
+  targets = jnp.where(valid, labels_BxL, 0)
+  label_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  ce = jax.nn.logsumexp(logits, axis=-1) - label_logit
+  return jnp.sum(jnp.where(valid, ce, 0.0)), jnp.sum(valid).astype(jnp.float32)
+
+
+def oput_loss(config: ModelConfig, params: Any, noisy_ids, clean_ids, labels, flags,
+              block_size: int) -> jax.Array:
+  """OPUT loss (mean cross-entropy over label tokens), pure and jittable.
+
+  Args:
+    config: model config (static under jit); `config.mask_token_id` marks the masked positions.
+    params: model variables `{"params": ..., "buffers": ...}`.
+    noisy_ids: `[batch, L]` int, clean ids with masked answer positions set to the mask id.
+    clean_ids: `[batch, L]` int.
+    labels: `[batch, L]` int, clean ids or -100 (ignored), same positions as the inputs (no shift).
+    flags: `[batch]` bool; True = on-policy rollout for that row, False = plain masked input.
+    block_size: block-diffusion block length (L must be a multiple).
+  Returns:
+    float32 scalar.
+  """
+  if noisy_ids.shape[1] % block_size:
+    raise ValueError(f"sequence length {noisy_ids.shape[1]} is not a multiple of block_size {block_size}")
+  total, count = oput_loss_terms(config, params, noisy_ids, clean_ids, labels, flags, block_size)
+  return total / jnp.maximum(count, 1.0)
