@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 from typing import Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
 from dmax_jax.experiments.tiny_dmax import task
+from dmax_jax.experiments.tiny_dmax.files import write_text_atomic
 
 EOS_TOKEN = "<|endoftext|>"  # also the pad token
 MASK_TOKEN = "<|mask|>"
@@ -98,18 +98,10 @@ def tokenizer_config(model_max_length: int = 512) -> dict:
   }
 
 
-def _write_atomic(path: str, text: str) -> None:
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-  with os.fdopen(fd, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def save_tokenizer(tok: Tokenizer, directory: str, model_max_length: int = 512) -> None:
   """Writes `tokenizer.json` and `tokenizer_config.json` (each atomically) into `directory`."""
-  os.makedirs(directory, exist_ok=True)
-  _write_atomic(os.path.join(directory, "tokenizer.json"), tok.to_str(pretty=True))
-  _write_atomic(os.path.join(directory, "tokenizer_config.json"),
+  write_text_atomic(os.path.join(directory, "tokenizer.json"), tok.to_str(pretty=True))
+  write_text_atomic(os.path.join(directory, "tokenizer_config.json"),
                 json.dumps(tokenizer_config(model_max_length), indent=2) + "\n")
 
 
