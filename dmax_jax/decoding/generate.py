@@ -1,0 +1,253 @@
+"""The compiled decoder: a whole generation (every block, every step, the KV cache and the stopping
+rules) is one jitted program of two nested `lax.while_loop`s (blocks outer, steps inner).
+
+Layout (LLaDA2.0 / DMax): row b holds its prompt at positions `0..P_b-1`, mask ids after it; blocks of
+`block_length` are aligned at multiples of it from position 0, so rows of different prompt lengths sit
+at different block positions; all rows advance one block per outer iteration. Blocks wholly inside the
+prompt are prefilled once into a static cache `[layers, batch, max_len, kv_heads, head_dim]`. The first
+forward of block k runs the final hard tokens of block k-1 together with block k (2 x block_length
+positions) and writes both into the cache (block k-1 final, block k provisional); later steps of the
+block forward only block k against the cache, whose entries at or beyond the block are masked out.
+A row whose block is finished waits (frozen, not counted) until every row of the batch has finished
+that block; a row that is done (EOS or last block) stops counting forwards.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dmax_jax.config import ModelConfig
+from dmax_jax.decoding import cache as kv_cache
+from dmax_jax.decoding import rules
+from dmax_jax.decoding.options import DecodeOptions, total_length, transfer_schedule
+from dmax_jax.model import Transformer, apply_model, embed_tokens
+
+
+class Trace(NamedTuple):
+  """Per-step record; leading axes `[block iteration, step]`, then `[batch]` (and `[block_length]`)."""
+  taken: jax.Array          # bool: the row ran this step
+  block: jax.Array          # int32 [iterations, batch]: absolute block index
+  tokens_before: jax.Array
+  tokens_after: jax.Array
+  argmax: jax.Array
+  max_prob: jax.Array       # float32
+  decoded: jax.Array        # bool: mask positions filled this step
+  changed: jax.Array        # bool
+  stop: jax.Array           # int32 stop code (rules.STOP_REASONS), 0 while the block continues
+
+
+class DecodeOutput(NamedTuple):
+  """tokens `[batch, max_len]` (the whole sequence, prompt included), nfe `[batch]` forwards per row,
+  stopped_by_eos `[batch]`, trace (or None)."""
+  tokens: jax.Array
+  nfe: jax.Array
+  stopped_by_eos: jax.Array
+  trace: Trace | None
+
+
+class _Static(NamedTuple):
+  mode: str
+  block_length: int
+  gen_length: int
+  max_steps: int
+  sample: bool
+  trace: bool
+  eos_id: int
+  mask_id: int
+
+
+class _Block(NamedTuple):
+  step: jax.Array     # steps taken in this block (scalar)
+  x: jax.Array        # [batch, block] tokens
+  emb: jax.Array      # [batch, block, hidden] float32 input embeddings of the next step
+  done: jax.Array     # [batch] the row's block is finished (or the row is done)
+  nfe: jax.Array      # [batch]
+  trace: Trace | None
+
+
+class _Run(NamedTuple):
+  it: jax.Array       # block iteration (scalar)
+  tokens: jax.Array   # [batch, max_len]
+  cache: Any          # KVCacheView
+  done: jax.Array     # [batch]
+  eos: jax.Array      # [batch]
+  nfe: jax.Array      # [batch]
+  trace: Trace | None
+
+
+def max_length(prompt_width: int, options: DecodeOptions) -> int:
+  """Static sequence/cache length of a batch padded to `prompt_width`."""
+  b = options.block_length
+  return max(total_length(prompt_width, options.gen_length, b), 2 * b)
+
+
+def max_block_iterations(options: DecodeOptions) -> int:
+  """Outer-loop bound: a row decodes ceil(G/B) or ceil(G/B) + 1 blocks (partial prompt block)."""
+  return -(-options.gen_length // options.block_length) + 1
+
+
+def _lm_head(cfg, variables, hidden):
+  return Transformer(cfg).apply(variables, hidden, method=Transformer.logits)
+
+
+def _embed(cfg, variables, ids):
+  return embed_tokens(cfg, variables, ids).astype(jnp.float32)
+
+
+def _empty_trace(iters, steps, batch, block) -> Trace:
+  z = lambda dtype, *tail: jnp.zeros((iters, steps, batch) + tail, dtype)
+  return Trace(taken=z(bool), block=jnp.zeros((iters, batch), jnp.int32),
+               tokens_before=z(jnp.int32, block), tokens_after=z(jnp.int32, block), argmax=z(jnp.int32, block),
+               max_prob=z(jnp.float32, block), decoded=z(bool, block), changed=z(bool, block),
+               stop=z(jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _generate(cfg: ModelConfig, st: _Static, variables, prompt_ids_BxP, prompt_lens_B, threshold,
+              converge_threshold, temperature, keys_B) -> DecodeOutput:
+  batch, width = prompt_ids_BxP.shape
+  blk_len, mask_id, eos_id = st.block_length, st.mask_id, st.eos_id
+  options = DecodeOptions(block_length=blk_len, gen_length=st.gen_length)
+  seq_len = max_length(width, options)
+  iters = max_block_iterations(options)
+  pos_S = jnp.arange(seq_len)
+  arange_blk = jnp.arange(blk_len)
+  prompt_lens_B = prompt_lens_B.astype(jnp.int32)
+
+  padded = jnp.pad(prompt_ids_BxP.astype(jnp.int32), ((0, 0), (0, seq_len - width)))
+  tokens = jnp.where(pos_S[None] < prompt_lens_B[:, None], padded, mask_id)
+  first_block_B = prompt_lens_B // blk_len
+  num_blocks_B = total_length(prompt_lens_B, st.gen_length, blk_len) // blk_len
+  row_len_B = num_blocks_B * blk_len
+  mask_emb = _embed(cfg, variables, jnp.full((1, 1), mask_id))[0, 0]
+  quota = jnp.asarray(transfer_schedule(blk_len, st.max_steps))
+
+  cache = kv_cache.init_cache(cfg, batch, seq_len)
+  prefill_len = (width // blk_len) * blk_len
+  if prefill_len:  # blocks wholly inside the (padded) prompt; stale entries beyond a row's prompt are never read
+    block_ids = jnp.arange(prefill_len) // blk_len
+    keep = block_ids[None, :] <= block_ids[:, None]
+    pre_ids = tokens[:, :prefill_len]
+    _, kv = apply_model(cfg, variables, embed_tokens(cfg, variables, pre_ids),
+                        jnp.broadcast_to(jnp.arange(prefill_len), pre_ids.shape),
+                        kv_cache.attention_bias(0, jnp.zeros((batch,), jnp.int32), keep), return_hidden=True)
+    cache = kv_cache.write(cache, kv, jnp.zeros((batch,), jnp.int32))
+  # dInfer counts its prefill forward (even when there is no full prompt block); generate() has none.
+  nfe = jnp.full((batch,), 1 if st.mode == "spd" else 0, jnp.int32)
+
+  def step(blk: _Block, logits, active, start_B, it, first: bool) -> _Block:
+    """Applies one refinement step to the rows still working on their block."""
+    live = ~blk.done
+    nstep = blk.step + 1
+    noise = None
+    if st.sample:
+      noise = jax.vmap(jax.random.fold_in)(keys_B, blk.nfe)
+    x0, p = rules.pick_tokens(logits, temperature, noise)
+    if st.mode == "spd":
+      x_new, decoded, changed = rules.spd_select(blk.x, active, x0, p, threshold, mask_id)
+      stop = rules.spd_stop(active, p, changed, nstep, st.max_steps, converge_threshold)
+      hard = _embed(cfg, variables, x_new)
+      soft = active & (x_new != mask_id)
+      reset = jnp.ones_like(soft) if first else (~soft & changed)
+      emb = rules.soft_embeddings(blk.emb, hard, soft, reset, p, hard, mask_emb)
+    else:
+      x_new, decoded = rules.threshold_select(blk.x, x0, p, threshold, quota[blk.step], mask_id)
+      changed = decoded & (x0 != blk.x)
+      finished = ~(x_new == mask_id).any(-1) | (nstep >= st.max_steps)
+      stop = jnp.where(finished, rules.BLOCK_DONE, rules.NOT_STOPPED)
+      emb = _embed(cfg, variables, x_new)
+    trace = blk.trace
+    if trace is not None:
+      at = lambda buf, v: buf.at[it, blk.step].set(jnp.where(
+          live.reshape(live.shape + (1,) * (v.ndim - 1)), v, buf[it, blk.step]))
+      trace = trace._replace(
+          taken=trace.taken.at[it, blk.step].set(live), tokens_before=at(trace.tokens_before, blk.x),
+          tokens_after=at(trace.tokens_after, x_new), argmax=at(trace.argmax, x0),
+          max_prob=at(trace.max_prob, p), decoded=at(trace.decoded, decoded), changed=at(trace.changed, changed),
+          stop=at(trace.stop, stop))
+    return _Block(step=nstep, x=jnp.where(live[:, None], x_new, blk.x),
+                  emb=jnp.where(live[:, None, None], emb, blk.emb), done=blk.done | (stop != 0),
+                  nfe=blk.nfe + live, trace=trace)
+
+  def block_body(run: _Run) -> _Run:
+    start_B = jnp.minimum(first_block_B + run.it, num_blocks_B - 1) * blk_len
+    live = ~run.done
+    x_blk = kv_cache.take_rows(run.tokens, start_B, blk_len)
+    active = x_blk == mask_id
+    # First step: previous block (final hard tokens) + this block; writes both into the cache.
+    win_start = jnp.maximum(start_B - blk_len, 0)
+    win_ids = kv_cache.take_rows(run.tokens, win_start, 2 * blk_len)
+    win_blocks = jnp.arange(2 * blk_len) // blk_len
+    bias = kv_cache.attention_bias(seq_len, win_start, win_blocks[None, :] <= win_blocks[:, None])
+    hidden, kv = apply_model(cfg, variables, embed_tokens(cfg, variables, win_ids),
+                             win_start[:, None] + jnp.arange(2 * blk_len), bias, kv_prefix=run.cache,
+                             return_hidden=True)
+    cache = kv_cache.write(run.cache, kv, win_start)
+    logits = _lm_head(cfg, variables, kv_cache.take_rows(hidden, start_B - win_start, blk_len))
+    trace = run.trace
+    if trace is not None:
+      trace = trace._replace(block=trace.block.at[run.it].set(start_B // blk_len))
+    blk = _Block(step=jnp.int32(0), x=x_blk, emb=_embed(cfg, variables, x_blk), done=run.done, nfe=run.nfe,
+                 trace=trace)
+    blk = step(blk, logits, active, start_B, run.it, first=True)
+
+    positions = start_B[:, None] + arange_blk
+    block_bias = kv_cache.attention_bias(seq_len, start_B, jnp.ones((blk_len, blk_len), bool))
+
+    def refine(b: _Block) -> _Block:
+      logits, _ = apply_model(cfg, variables, b.emb, positions, block_bias, kv_prefix=cache)
+      return step(b, logits, active, start_B, run.it, first=False)
+
+    blk = jax.lax.while_loop(lambda b: (b.step < st.max_steps) & ~b.done.all(), refine, blk)
+
+    tokens = kv_cache.put_rows(run.tokens, jnp.where(live[:, None], blk.x, x_blk), start_B)
+    generated = positions >= prompt_lens_B[:, None]
+    has_eos = live & ((blk.x == eos_id) & generated).any(-1)
+    if st.mode == "spd":  # dInfer fills everything after an EOS block with EOS
+      fill = has_eos[:, None] & (pos_S[None] >= start_B[:, None] + blk_len) & (pos_S[None] < row_len_B[:, None])
+      tokens = jnp.where(fill, eos_id, tokens)
+    last = first_block_B + run.it + 1 >= num_blocks_B
+    return _Run(it=run.it + 1, tokens=tokens, cache=cache, done=run.done | has_eos | last,
+                eos=run.eos | has_eos, nfe=blk.nfe, trace=blk.trace)
+
+  trace = _empty_trace(iters, st.max_steps, batch, blk_len) if st.trace else None
+  run = _Run(it=jnp.int32(0), tokens=tokens, cache=cache, done=jnp.zeros((batch,), bool),
+             eos=jnp.zeros((batch,), bool), nfe=nfe, trace=trace)
+  run = jax.lax.while_loop(lambda r: ~r.done.all(), block_body, run)
+  return DecodeOutput(tokens=run.tokens, nfe=run.nfe, stopped_by_eos=run.eos, trace=run.trace)
+
+
+def static_options(cfg: ModelConfig, options: DecodeOptions) -> _Static:
+  eos_id, mask_id = options.special_ids(cfg)
+  return _Static(mode=options.mode, block_length=options.block_length, gen_length=options.gen_length,
+                 max_steps=options.max_steps, sample=options.temperature > 0, trace=options.trace,
+                 eos_id=eos_id, mask_id=mask_id)
+
+
+def row_keys(seed: int, batch: int) -> jax.Array:
+  """Default sampling keys: row i uses fold_in(key(seed), i)."""
+  return jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.arange(batch))
+
+
+def decode_padded(cfg: ModelConfig, variables, prompt_ids_BxP, prompt_lens_B, options: DecodeOptions,
+                  keys_B: jax.Array | None = None) -> DecodeOutput:
+  """Runs the compiled decoder on a padded batch.
+
+  Args:
+    prompt_ids_BxP: `[batch, width]` int prompt ids, row b valid up to `prompt_lens_B[b]` (any padding).
+    prompt_lens_B: `[batch]` prompt lengths (1..width).
+    keys_B: typed PRNG keys `[batch]` for sampling (default `row_keys(0, batch)`); unused when greedy.
+  Thresholds and temperature are traced values: changing them does not recompile; shapes, mode,
+  block/gen length, steps, greedy-vs-sampling and tracing are static.
+  """
+  batch = np.shape(prompt_ids_BxP)[0]
+  if keys_B is None:
+    keys_B = row_keys(0, batch)
+  return _generate(cfg, static_options(cfg, options), variables, jnp.asarray(prompt_ids_BxP, jnp.int32),
+                   jnp.asarray(prompt_lens_B, jnp.int32), jnp.float32(options.resolved_threshold),
+                   jnp.float32(options.converge_threshold), jnp.float32(max(options.temperature, 1e-6)), keys_B)
