@@ -111,7 +111,8 @@ class RunConfig:
 
   @property
   def checkpoint_dir(self) -> str:
-    return self.checkpoint.dir or os.path.join(self.train.output_dir, "checkpoints")
+    path = self.checkpoint.dir or os.path.join(self.train.output_dir, "checkpoints")
+    return path if "://" in path else os.path.abspath(path)  # Orbax needs absolute paths
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
