@@ -87,3 +87,14 @@ def test_table_plot_and_headline(tmp_path):
   assert not list(tmp_path.glob("*.tmp*"))
   evaluation.save_points(str(tmp_path / "points.json"), points)
   assert evaluation.load_points(str(tmp_path / "points.json")) == points
+
+
+def test_stats_report_small(capsys):
+  from dmax_jax.experiments.tiny_dmax import stats
+  stats.main(["--train", "200", "--validation", "20", "--test", "20", "--seed", "1"])
+  out = capsys.readouterr().out
+  assert "- train: 200 problems, 200 distinct" in out
+  assert out.count(": 0\n") >= 3  # the three pairwise overlaps
+  assert "exact round trips: 400 / 400; texts with unknown tokens: 0" in out
+  with pytest.raises(SystemExit):
+    stats.main(["--test", "0"])
