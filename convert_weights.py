@@ -11,6 +11,7 @@ renamed at the end, so an interrupted run never leaves a complete-looking checkp
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from dmax_jax.checkpoint.convert import hf_to_jax, jax_to_hf, parse_size
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
+  logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's informational warnings
   try:
     if args.command == "hf-to-jax":
       summary = hf_to_jax(args.src, args.dst, dtype=args.dtype, overwrite=args.overwrite,

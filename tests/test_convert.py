@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from dmax_jax import ModelConfig
 from dmax_jax.checkpoint import convert, converted, hf_export
 from dmax_jax.checkpoint.convert import hf_to_jax, jax_to_hf, parse_size
 from dmax_jax.checkpoint.safetensors_io import INDEX_FILE, CheckpointError
@@ -35,6 +34,11 @@ def assert_same_tensors(got_dir, want_dir):
     assert got[name].dtype == want[name].dtype, name
     assert got[name].shape == want[name].shape, name
     assert got[name].tobytes() == want[name].tobytes(), name
+
+
+def fixture_config(fixture_dir):
+  with open(os.path.join(fixture_dir, "config.json")) as f:
+    return json.load(f)
 
 
 def copy_hf(src, dst, tensors=None, config=None):
@@ -90,13 +94,14 @@ def test_merged_input_roundtrips_to_both_layouts(fixture_dir, tmp_path):
 
 
 def test_bf16_sharded_roundtrip(tmp_path):
-  cfg = ModelConfig.from_json(os.path.join(REPO, "configs", "llada2_mini.json")).replace(
-      vocab_size=512, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-      head_dim=16, intermediate_size=96, moe_intermediate_size=32, num_experts=16, mask_token_id=500)
+  with open(os.path.join(REPO, "configs", "llada2_mini.json")) as f:
+    hf = {**json.load(f), "vocab_size": 512, "hidden_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
+          "num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 96, "moe_intermediate_size": 32,
+          "num_experts": 16, "mask_token_id": 500, "pad_token_id": 501, "eos_token_id": 501}
   src = str(tmp_path / "src")
   os.makedirs(src)
   # expert_bias in bf16 too: the exporter must give it back in its original dtype
-  write_synthetic_hf(src, cfg, "bfloat16", buffer_dtype="bfloat16", shard_bytes=200_000)
+  write_synthetic_hf(src, hf, "bfloat16", buffer_dtype="bfloat16", shard_bytes=200_000)
   with open(os.path.join(src, INDEX_FILE)) as f:
     src_index = json.load(f)
   assert len(set(src_index["weight_map"].values())) > 2
@@ -150,7 +155,7 @@ def _bad_input_cases(fixture_dir, tmp_path):
   yield "truncated", trunc, "truncated safetensors file"
   shard = str(tmp_path / "shard")
   os.makedirs(shard)
-  write_synthetic_hf(shard, ModelConfig.from_json(fixture_dir), "float32", shard_bytes=300_000)
+  write_synthetic_hf(shard, fixture_config(fixture_dir), "float32", shard_bytes=300_000)
   os.remove(os.path.join(shard, "model-00002-of-00003.safetensors"))
   yield "index shard", shard, "model-00002-of-00003.safetensors"
 

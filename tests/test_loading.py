@@ -70,8 +70,8 @@ def test_restore_onto_different_meshes(converted_dir):
 
 
 def test_bf16_sharded_hf_keeps_its_dtype(fixture_dir, tmp_path):
-  cfg = dmax_jax.ModelConfig.from_json(fixture_dir)
-  write_synthetic_hf(str(tmp_path), cfg, "bfloat16", shard_bytes=100_000)
+  with open(os.path.join(fixture_dir, "config.json")) as f:
+    write_synthetic_hf(str(tmp_path), json.load(f), "bfloat16", shard_bytes=100_000)
   loaded_cfg, variables = dmax_jax.load_model(str(tmp_path))
   assert loaded_cfg.param_dtype == "bfloat16"
   assert variables["params"]["embedding"].dtype == jax.numpy.bfloat16

@@ -3,9 +3,10 @@
 Layout of a converted checkpoint directory:
   config.json            the original Hugging Face config.json, verbatim (auto_map/architectures kept)
   dmax_checkpoint.json   {"format": "dmax-jax", "format_version": 1, "param_dtype": ..., ...}
-  params/                Orbax (PyTree, OCDBT) checkpoint of `{"params": ..., "buffers": ...}`
-                         (layout: dmax_jax.model); stacked variables are chunked per layer (and per
-                         expert), so one layer/expert can be read without reading the rest
+  params/                Orbax PyTree checkpoint of `{"params": ..., "buffers": ...}` (layout:
+                         dmax_jax.model), zarr without OCDBT (OCDBT buffers a whole array in memory
+                         while writing it); stacked variables are chunked per layer (and per expert),
+                         so one layer/expert can be read without reading the rest
   tokenizer.json, ...    copies of the tokenizer/generation files of the source, when present
 
 Writing streams from memory-mapped host buffers in a scratch folder (see `save_streaming`), so a
@@ -91,7 +92,7 @@ def _checkpointer() -> ocp.Checkpointer:
       (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)),
       (jax.Array, ocp.type_handlers.ArrayHandler()))
   return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=registry,
-                                                      save_concurrent_gb=1))
+                                                      save_concurrent_gb=1, use_ocdbt=False))
 
 
 def save_streaming(directory: str, cfg: ModelConfig, fill: Callable[[str, np.ndarray], None],
@@ -162,13 +163,14 @@ class LeafReader:
     stored = _check_stored(directory, cfg)
     self.dtypes = {p: np.dtype(m.dtype) for p, m in stored.items()}
     self._stores: dict[str, ts.TensorStore] = {}
-    self._context = ocp.type_handlers.get_ts_context(use_ocdbt=True)
+    self._ocdbt = ocp.type_handlers.is_ocdbt_checkpoint(self.params_dir)
+    self._context = ocp.type_handlers.get_ts_context(use_ocdbt=self._ocdbt)
 
   def __call__(self, path: str, index: tuple[int, ...]) -> np.ndarray:
     if path not in self._stores:
       info = ocp.type_handlers.ParamInfo(name=_orbax_name(path), parent_dir=self.params_dir,
-                                         is_ocdbt_checkpoint=True, use_zarr3=False,
+                                         is_ocdbt_checkpoint=self._ocdbt, use_zarr3=False,
                                          ts_context=self._context)
-      spec = ocp.type_handlers.get_json_tspec_read(info, use_ocdbt=True)
+      spec = ocp.type_handlers.get_json_tspec_read(info, use_ocdbt=self._ocdbt)
       self._stores[path] = ts.open(spec, open=True, context=self._context).result()
     return np.asarray(self._stores[path][index].read().result())

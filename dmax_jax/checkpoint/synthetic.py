@@ -18,26 +18,12 @@ from dmax_jax.checkpoint.hf_import import variable_paths
 from dmax_jax.config import ModelConfig
 from dmax_jax.model import abstract_variables
 
-HF_HEADER = {
-    "architectures": ["LLaDA2MoeModelLM"],
-    "auto_map": {
-        "AutoConfig": "configuration_llada2_moe.LLaDA2MoeConfig",
-        "AutoModel": "modeling_llada2_moe.LLaDA2MoeModel",
-        "AutoModelForCausalLM": "modeling_llada2_moe.LLaDA2MoeModelLM",
-    },
-    "model_type": "llada2_moe",
-}
-
-
-def hf_config_dict(cfg: ModelConfig, dtype: str) -> dict[str, Any]:
-  """A Hugging Face config.json dict for `cfg`."""
-  return {**HF_HEADER, **cfg.architecture_dict(), "torch_dtype": dtype, "rope_scaling": None}
-
-
-def write_synthetic_hf(directory: str, cfg: ModelConfig, dtype: str = "bfloat16",
+def write_synthetic_hf(directory: str, hf_config: dict[str, Any], dtype: str = "bfloat16",
                        buffer_dtype: str = "float32", merged_experts: bool = False,
                        shard_bytes: int = DEFAULT_SHARD_BYTES, seed: int = 0) -> int:
-  """Writes config.json + random safetensors of `cfg` into the existing `directory`; returns bytes."""
+  """Writes `hf_config` as config.json (its torch_dtype set to `dtype`) and random safetensors of that
+  architecture into the existing `directory`; returns the tensor bytes written."""
+  cfg = ModelConfig.from_hf_dict(hf_config)
   shapes = {p: leaf.shape for p, leaf in variable_paths(abstract_variables(cfg)).items()}
 
   def read(path: str, index: tuple[int, ...]) -> np.ndarray:
@@ -48,5 +34,5 @@ def write_synthetic_hf(directory: str, cfg: ModelConfig, dtype: str = "bfloat16"
     return buffer_dtype if path.startswith("buffers/") else dtype
 
   with open(os.path.join(directory, "config.json"), "w") as f:
-    json.dump(hf_config_dict(cfg, dtype), f, indent=2)
+    json.dump({**hf_config, "torch_dtype": dtype}, f, indent=2)
   return export_hf_weights(directory, cfg, read, dtypes, merged_experts, shard_bytes)[1]
