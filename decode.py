@@ -1,0 +1,158 @@
+#!/usr/bin/env python
+"""Generate with a LLaDA2-MoE checkpoint: DMax soft parallel decoding (SPD) or LLaDA2.0 threshold decoding,
+the whole generation compiled into one XLA program.
+
+Examples:
+  python decode.py --ckpt CKPT --prompt "What is 12 + 30?"
+  python decode.py --ckpt ../shared/fixtures/tiny_llada2 --prompt-ids 207,226,139,65,149 \\
+      --block-length 8 --gen-length 24 --threshold 0.5 --json
+  python decode.py --ckpt CKPT --batch-file prompts.txt --mode threshold --html replay.html
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+# The checkpoint used when --ckpt is omitted (None: --ckpt is required). Change it here only.
+DEFAULT_CKPT: str | None = None
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--ckpt", default=DEFAULT_CKPT, required=DEFAULT_CKPT is None,
+                 help="checkpoint directory: converted by convert_weights.py, or a Hugging Face directory "
+                      "(config.json + safetensors; a tokenizer there enables --prompt and text output)"
+                      + ("" if DEFAULT_CKPT is None else f" (default: {DEFAULT_CKPT})"))
+  src = p.add_mutually_exclusive_group(required=True)
+  src.add_argument("--prompt", help="a user message, wrapped in the checkpoint tokenizer's chat template")
+  src.add_argument("--prompt-ids", help="comma-separated prompt token ids, used as they are (no template)")
+  src.add_argument("--batch-file", help="one prompt per line, decoded together as one batch; a line of "
+                                        "comma-separated integers is token ids, any other line a chat message")
+  p.add_argument("--mode", choices=("spd", "threshold"), default="spd",
+                 help="spd: DMax soft parallel decoding; threshold: the official LLaDA2.0 generate() (default: spd)")
+  p.add_argument("--threshold", type=float, default=None,
+                 help="commit confidence: SPD decodes the leftmost run of masked positions at or above it; "
+                      "threshold mode commits every masked position above it (default: 0.5 spd, 0.95 threshold)")
+  p.add_argument("--converge-threshold", type=float, default=0.9,
+                 help="SPD: a block ends when every position it decodes is at least this confident (default 0.9)")
+  p.add_argument("--block-length", type=int, default=32, help="tokens per block (default 32)")
+  p.add_argument("--steps", type=int, default=None,
+                 help="threshold mode: steps per block (the block is split evenly over them); SPD: the step "
+                      "cap per block (default: the block length)")
+  p.add_argument("--gen-length", type=int, default=256, help="tokens to generate after the prompt (default 256)")
+  p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples (Gumbel-max)")
+  p.add_argument("--seed", type=int, default=0, help="sampling seed; row i of a batch uses fold_in(seed, i)")
+  p.add_argument("--json", action="store_true",
+                 help="print one JSON object as the last stdout line: ids, text, nfe, tpf, num_tokens, "
+                      "stopped_by_eos and timings (per-row lists for --batch-file)")
+  p.add_argument("--html", metavar="FILE",
+                 help="write a self-contained page replaying the decoding step by step (first row of a batch)")
+  return p.parse_args(argv)
+
+
+def _tokenizer(ckpt: str):
+  """The checkpoint's tokenizer, or None when the directory has none."""
+  if not any(os.path.exists(os.path.join(ckpt, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
+    return None
+  from transformers import AutoTokenizer
+  return AutoTokenizer.from_pretrained(ckpt)
+
+
+def _parse_ids(text: str) -> list[int]:
+  try:
+    return [int(t) for t in text.replace(" ", "").split(",") if t]
+  except ValueError:
+    raise SystemExit(f"error: --prompt-ids expects comma-separated integers, got {text!r}")
+
+
+def _chat_ids(tokenizer, message: str) -> list[int]:
+  if tokenizer is None:
+    raise SystemExit("error: the checkpoint has no tokenizer; pass token ids with --prompt-ids")
+  if not message.strip():
+    raise SystemExit("error: the prompt is empty")
+  ids = tokenizer.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True,
+                                      tokenize=True)
+  return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+
+
+def _prompts(args, tokenizer) -> list[list[int]]:
+  if args.prompt_ids is not None:
+    return [_parse_ids(args.prompt_ids)]
+  if args.prompt is not None:
+    return [_chat_ids(tokenizer, args.prompt)]
+  with open(args.batch_file) as f:
+    lines = [line.rstrip("\n") for line in f if line.strip()]
+  if not lines:
+    raise SystemExit(f"error: {args.batch_file} has no prompts")
+  return [_parse_ids(line) if line.replace(",", "").replace(" ", "").isdigit() else _chat_ids(tokenizer, line)
+          for line in lines]
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  import jax
+  import numpy as np
+
+  from dmax_jax import load_model
+  from dmax_jax.decoding import DecodeOptions, pad_prompts, prompt_bucket, row_keys, unpack, validate_prompts
+  from dmax_jax.decoding.generate import decoder_call
+  from dmax_jax.decoding.html import write_replay
+
+  if not os.path.isdir(args.ckpt):
+    raise SystemExit(f"error: checkpoint directory {args.ckpt} does not exist")
+  tokenizer = _tokenizer(args.ckpt)
+  prompts = _prompts(args, tokenizer)
+  try:
+    options = DecodeOptions(mode=args.mode, block_length=args.block_length, gen_length=args.gen_length,
+                            steps=args.steps, threshold=args.threshold, converge_threshold=args.converge_threshold,
+                            temperature=args.temperature, trace=args.html is not None)
+  except ValueError as e:
+    raise SystemExit(f"error: {e}")
+  cfg, variables = load_model(args.ckpt)
+  try:
+    validate_prompts(cfg, prompts, options)
+  except ValueError as e:
+    raise SystemExit(f"error: {e}")
+
+  width = prompt_bucket(max(len(p) for p in prompts), options.block_length)
+  ids, lens = pad_prompts(prompts, width)
+  fn, call_args = decoder_call(cfg, variables, ids, lens, options, row_keys(args.seed, len(prompts)))
+  t0 = time.perf_counter()
+  compiled = fn.lower(*call_args).compile()
+  t1 = time.perf_counter()
+  out = jax.block_until_ready(compiled(*call_args))
+  t2 = time.perf_counter()
+  results = unpack(cfg, out, lens, options)
+  decode_s = t2 - t1
+  total_tokens = sum(r.num_tokens for r in results)
+
+  def text(token_ids):
+    return None if tokenizer is None else tokenizer.decode(token_ids, skip_special_tokens=True)
+
+  for i, r in enumerate(results):
+    head = f"[{i}] " if len(results) > 1 else ""
+    shown = text(r.ids)
+    print(f"{head}answer: {shown if shown is not None else r.ids}")
+    print(f"{head}NFE {r.nfe}  TPF {r.tpf:.3f}  tokens {r.num_tokens}  stopped_by_eos {r.stopped_by_eos}")
+  print(f"compile {t1 - t0:.2f} s  decode {decode_s:.3f} s  {total_tokens / decode_s:.1f} tokens/s")
+  if args.html:
+    _, mask_id = options.special_ids(cfg)
+    write_replay(args.html, prompts[0], results[0], mask_id, options.block_length,
+                 token_text=(lambda t: tokenizer.decode([t])) if tokenizer is not None else None)
+    print(f"replay written to {args.html}")
+  if args.json:
+    rows = [{"ids": r.ids, "text": text(r.ids), "nfe": r.nfe, "tpf": r.tpf, "num_tokens": r.num_tokens,
+             "generated": r.generated, "stopped_by_eos": r.stopped_by_eos} for r in results]
+    record = rows[0] if len(rows) == 1 else {k: [row[k] for row in rows] for k in rows[0]}
+    record.update({"mode": args.mode, "compile_s": t1 - t0, "decode_s": decode_s,
+                   "tokens_per_s": total_tokens / decode_s})
+    print(json.dumps(record))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
