@@ -29,9 +29,10 @@ def _load_hf(path: str, cfg: ModelConfig, dtype: Any, mesh: Mesh | None) -> tupl
   shardings = variable_paths(variable_shardings(cfg, mesh))
   flat = {}
   for leaf_path, leaf_sharding in shardings.items():
-    host = ckpt.read(leaf_path, cfg.param_dtype)  # one variable on the host at a time
-    flat[leaf_path] = jax.make_array_from_callback(host.shape, leaf_sharding, lambda idx: host[idx])
-    del host
+    # each device's shard is read on its own: only HF tensors overlapping it are touched
+    flat[leaf_path] = jax.make_array_from_callback(
+        ckpt.shapes[leaf_path], leaf_sharding,
+        lambda region, p=leaf_path: ckpt.read(p, cfg.param_dtype, region))
   return cfg, unflatten(flat)
 
 

@@ -92,3 +92,17 @@ def test_converted_config_mismatch_names_the_variable(converted_dir, tmp_path):
   bias = "buffers/moe_layers/layers/mlp/expert_bias"
   with pytest.raises(CheckpointError, match=rf"variable {bias} has shape \(2, 8\)"):
     dmax_jax.load_model(bad)
+
+
+def test_hf_region_reads_only_what_it_needs(fixture_dir, monkeypatch):
+  from dmax_jax.checkpoint.hf_import import HFCheckpoint
+  from dmax_jax.checkpoint.safetensors_io import SafetensorsFile
+  ckpt = HFCheckpoint(fixture_dir, dmax_jax.ModelConfig.from_json(fixture_dir))
+  path = "params/moe_layers/layers/mlp/experts_up"
+  full = ckpt.read(path)
+  read = []
+  real_read = SafetensorsFile.read
+  monkeypatch.setattr(SafetensorsFile, "read", lambda self, name: read.append(name) or real_read(self, name))
+  region = (slice(1, 2), slice(2, 6), slice(None), slice(8, 24))
+  np.testing.assert_array_equal(ckpt.read(path, region=region), full[1:2, 2:6, :, 8:24])
+  assert sorted(read) == [f"model.layers.2.mlp.experts.{e}.up_proj.weight" for e in range(2, 6)]

@@ -141,14 +141,10 @@ def restore(directory: str, cfg: ModelConfig, shardings: Any) -> dict:
   Leaves are cast to `cfg.param_dtype` (buffers to float32) while reading; `shardings` is a pytree of
   `jax.sharding.Sharding` matching the variables (restoring onto any mesh works the same way).
   """
-  _check_stored(directory, cfg)
-  abstract = jax.tree.map(
-      lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-      abstract_variables(cfg), shardings)
-  flat = variable_paths(abstract)
-  for path, leaf in flat.items():
-    flat[path] = jax.ShapeDtypeStruct(leaf.shape, leaf_dtype(path, cfg.param_dtype), sharding=leaf.sharding)
-  target = unflatten(flat)
+  stored = _check_stored(directory, cfg)
+  flat_shardings = variable_paths(shardings)
+  target = unflatten({p: jax.ShapeDtypeStruct(tuple(leaf.shape), leaf_dtype(p, cfg.param_dtype),
+                                              sharding=flat_shardings[p]) for p, leaf in stored.items()})
   restore_args = ocp.checkpoint_utils.construct_restore_args(target)
   with ocp.PyTreeCheckpointer() as ckptr:
     return ckptr.restore(os.path.join(os.path.abspath(directory), PARAMS_DIR),

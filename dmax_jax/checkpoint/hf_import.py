@@ -111,30 +111,43 @@ class HFCheckpoint:
     embed = self.sources["params/embedding"][0]
     self.dtype = embed.file.dtype(embed.name)
 
-  def fill(self, path: str, out: np.ndarray, on_tensor: Callable[[str], None] | None = None) -> np.ndarray:
-    """Writes every HF tensor of variable `path` into `out` (cast to `out.dtype`); returns `out`.
+  def fill(self, path: str, out: np.ndarray, on_tensor: Callable[[str], None] | None = None,
+           region: tuple[slice, ...] = ()) -> np.ndarray:
+    """Writes the HF tensors of variable `path` into `out` (cast to `out.dtype`); returns `out`.
 
-    `on_tensor(name)` is called once per HF tensor over all variables (for tensors split into several
-    variables, at the first part).
+    Args:
+      out: buffer of the variable's shape, or of `region`'s shape when a region is given.
+      on_tensor: called once per HF tensor over all variables (for a tensor split into several
+        variables, at its first part).
+      region: per-axis slices (step 1) of the variable to fill, e.g. one device's shard; HF
+        tensors entirely outside it are not read.
     """
     want = self.shapes[path]
-    if tuple(out.shape) != want:
-      raise ValueError(f"buffer for {path} has shape {out.shape}, expected {want}")
+    bounds = [range(*s.indices(n)) for s, n in zip(region + (slice(None),) * (len(want) - len(region)), want)]
+    if tuple(out.shape) != tuple(len(b) for b in bounds) or any(b.step != 1 for b in bounds):
+      raise ValueError(f"buffer for {path}{list(region)} has shape {out.shape}, expected "
+                       f"{tuple(len(b) for b in bounds)}")
     for src in self.sources[path]:
+      if any(i not in b for i, b in zip(src.index, bounds)):
+        continue
       piece = src.rule.to_jax(src.file.read(src.name), self.cfg)[src.part]
       if tuple(piece.shape) != want[len(src.index):]:
         raise CheckpointError(
             f"{src.file.path}: tensor {src.name!r} has shape {src.file.shape(src.name)}, which does not "
             f"fit {path} (expected {want[len(src.index):]} after conversion, got {tuple(piece.shape)}): "
             "does config.json match the weights?")
-      out[src.index] = piece
+      rest = tuple(slice(b.start, b.stop) for b in bounds[len(src.index):])
+      out[tuple(i - b.start for i, b in zip(src.index, bounds))] = piece[rest]
       if on_tensor is not None and src.part == 0:
         on_tensor(src.name)
     return out
 
-  def read(self, path: str, dtype: Any = None) -> np.ndarray:
-    """Variable `path` as a new host array (default dtype: the checkpoint's; buffers float32)."""
-    return self.fill(path, np.empty(self.shapes[path], leaf_dtype(path, dtype or self.dtype)))
+  def read(self, path: str, dtype: Any = None, region: tuple[slice, ...] = ()) -> np.ndarray:
+    """Variable `path` (or its `region`) as a new host array (default dtype: the checkpoint's;
+    buffers float32)."""
+    shape = tuple(len(range(*s.indices(n))) for s, n in zip(region, self.shapes[path])) \
+        + self.shapes[path][len(region):]
+    return self.fill(path, np.empty(shape, leaf_dtype(path, dtype or self.dtype)), region=region)
 
   def progress(self, desc: str, enabled: bool = True):
     """A tqdm bar counting HF tensors (for `fill`'s `on_tensor`)."""
