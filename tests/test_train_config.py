@@ -1,0 +1,55 @@
+"""Run config: shipped YAMLs load, overrides apply, unknown keys and bad values are rejected by name."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dmax_jax.config import ConfigError
+from dmax_jax.training.run_config import load_run_config
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+TINY = os.path.join(REPO, "configs", "tiny_oput.yaml")
+
+
+def test_dmax_recipe_config():
+  cfg = load_run_config(os.path.join(REPO, "configs", "llada2_mini_oput.yaml"))
+  t = cfg.train
+  assert (t.learning_rate, t.epochs, t.block_size, t.global_batch_size, t.warmup_ratio, t.schedule) == \
+      (2e-6, 2, 32, 8, 0.03, "cosine")
+  assert cfg.data.max_seq_len == 2048 and (t.b1, t.b2, t.weight_decay, t.clip_norm) == (0.9, 0.999, 0.01, 1.0)
+
+
+def test_overrides_are_typed():
+  cfg = load_run_config(TINY, ["train.max_steps=3", "data.noise_low=0.5", "mesh.fsdp=2", "model.dtype=bfloat16"])
+  assert cfg.train.max_steps == 3 and cfg.data.noise_low == 0.5 and cfg.mesh.fsdp == 2
+  assert cfg.model.dtype == "bfloat16"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.learnin_rate=1", "train.learnin_rate"),
+    ("optim.lr=1", "unknown section 'optim'"),
+    ("train.epochs=two", "train.epochs must be int"),
+    ("train.on_policy=3", "train.on_policy must be bool"),
+    ("data.noise_high=1.5", "noise_high"),
+    ("data.max_seq_len=60", "multiple of train.block_size"),
+    ("train.micro_batch_size=3", "train.global_batch_size (8) must be a multiple"),
+    ("model.dtype=fp8", "model.dtype must be one of"),
+    ("model.path=/x", "exactly one of model.path"),
+    ("train.max_steps=0", "train.max_steps must be positive"),
+    ("trainmax_steps=1", "section.key=value"),
+])
+def test_bad_values_name_the_key(override, message):
+  with pytest.raises(ConfigError) as e:
+    load_run_config(TINY, [override])
+  assert message in str(e.value)
+
+
+def test_cli_rejects_bad_config_and_dry_run_prints_resolved_config():
+  run = lambda *a: subprocess.run([sys.executable, "train.py", "--config", TINY, *a], cwd=REPO,
+                                  capture_output=True, text=True, timeout=120)
+  bad = run("--set", "train.bogus=1")
+  assert bad.returncode == 2 and "train.bogus" in bad.stderr
+  ok = run("--dry-run", "--set", "train.epochs=5")
+  assert ok.returncode == 0 and "epochs: 5" in ok.stdout
