@@ -128,6 +128,19 @@ def test_dtype_conversion(converted_fixture, fixture_dir, tmp_path):
     assert json.load(f)["torch_dtype"] == "bfloat16"
 
 
+def test_hf_to_jax_dtype_cast(fixture_dir, tmp_path):
+  hf_to_jax(fixture_dir, str(tmp_path / "jax"), dtype="bfloat16", progress=False)
+  assert converted.read_marker(str(tmp_path / "jax"))["param_dtype"] == "bfloat16"
+  jax_to_hf(str(tmp_path / "jax"), str(tmp_path / "hf"), progress=False)  # stored dtype by default
+  got, want = read_tensors(str(tmp_path / "hf")), read_tensors(fixture_dir)
+  for name, w in want.items():
+    if name.endswith("expert_bias"):
+      assert got[name].dtype == np.float32 and np.array_equal(got[name], w)
+    else:
+      assert str(got[name].dtype) == "bfloat16", name
+      np.testing.assert_array_equal(got[name], w.astype(got[name].dtype))
+
+
 def test_parse_size_and_shard_plan():
   assert parse_size("5GB") == 5 * 10**9 and parse_size("500MB") == 5 * 10**8 and parse_size("2GiB") == 2**31
   with pytest.raises(ValueError, match="invalid size"):
