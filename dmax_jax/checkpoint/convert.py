@@ -16,11 +16,12 @@ import tempfile
 import time
 from typing import Any, Iterator
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from dmax_jax.checkpoint import converted, hf_mapping
-from dmax_jax.checkpoint.hf_export import DEFAULT_SHARD_BYTES, export_hf_weights
-from dmax_jax.checkpoint.hf_import import HFCheckpoint, dtype_name
+from dmax_jax.checkpoint.hf_export import DEFAULT_SHARD_BYTES, ReadSlice, export_hf_weights
+from dmax_jax.checkpoint.hf_import import HFCheckpoint, dtype_name, variable_paths
 from dmax_jax.config import ModelConfig
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -105,18 +106,36 @@ def hf_to_jax(src: str, dst: str, dtype: Any = None, overwrite: bool = False,
   return Summary(ckpt.num_tensors, ckpt.num_bytes, time.perf_counter() - start)
 
 
-def _write_hf_config(src: str, dst: str, param_dtype: str, changed: bool) -> None:
-  """Copies config.json verbatim; when the dtype changed, updates its dtype fields only."""
+def _write_hf_config(src: str, dst: str, param_dtype: str) -> None:
+  """Copies `src`/config.json verbatim, unless its dtype field differs from `param_dtype`: then only
+  that field is updated."""
   with open(os.path.join(src, "config.json")) as f:
     text = f.read()
-  if changed:
-    hf = json.loads(text)
-    for key in ("torch_dtype", "dtype"):
-      if key in hf:
-        hf[key] = param_dtype
+  hf = json.loads(text)
+  keys = [k for k in ("torch_dtype", "dtype") if k in hf and hf[k] != param_dtype]
+  if keys:
+    hf.update({k: param_dtype for k in keys})
     text = json.dumps(hf, indent=2) + "\n"
   with open(os.path.join(dst, "config.json"), "w") as f:
     f.write(text)
+
+
+def _write_hf(dst: str, cfg: ModelConfig, read: ReadSlice, source: str, param_dtype: str, buffer_dtype: str,
+              merged_experts: bool, shard_size: str | int, overwrite: bool, progress: bool) -> Summary:
+  """Safetensors from `read` + config.json and tokenizer files from the folder `source`, staged."""
+  start = time.perf_counter()
+
+  def dtypes(path: str) -> str:
+    return buffer_dtype if path.startswith("buffers/") else param_dtype
+
+  total = sum(1 for _ in hf_mapping.expected_hf_names(cfg, merged_experts))
+  with staged_directory(dst, overwrite) as staging, \
+      tqdm(total=total, desc="jax-to-hf", unit="tensor", disable=not progress) as bar:
+    count, nbytes = export_hf_weights(staging, cfg, read, dtypes, merged_experts, parse_size(shard_size),
+                                      on_tensor=lambda *_: bar.update())
+    converted.copy_aux_files(source, staging)
+    _write_hf_config(source, staging, param_dtype)
+  return Summary(count, nbytes, time.perf_counter() - start)
 
 
 def jax_to_hf(src: str, dst: str, merged_experts: bool = False, shard_size: str | int = DEFAULT_SHARD_BYTES,
@@ -130,22 +149,26 @@ def jax_to_hf(src: str, dst: str, merged_experts: bool = False, shard_size: str 
     dtype: parameter dtype of the output (default: as stored); the expert_bias keeps the dtype it had
       in the original Hugging Face checkpoint (float32 if unknown).
   """
-  start = time.perf_counter()
   _check_distinct(src, dst)
   marker = converted.read_marker(src)
   cfg = ModelConfig.from_json(src)
-  reader = converted.LeafReader(src, cfg)
-  param_dtype = dtype_name(dtype or marker["param_dtype"])
-  buffer_dtype = marker.get("source_buffer_dtype") or "float32"
+  return _write_hf(dst, cfg, converted.LeafReader(src, cfg), src, dtype_name(dtype or marker["param_dtype"]),
+                   marker.get("source_buffer_dtype") or "float32", merged_experts, shard_size, overwrite,
+                   progress)
 
-  def dtypes(path: str) -> str:
-    return buffer_dtype if path.startswith("buffers/") else param_dtype
 
-  total = sum(1 for _ in hf_mapping.expected_hf_names(cfg, merged_experts))
-  with staged_directory(dst, overwrite) as staging, \
-      tqdm(total=total, desc="jax-to-hf", unit="tensor", disable=not progress) as bar:
-    count, nbytes = export_hf_weights(staging, cfg, reader, dtypes, merged_experts, parse_size(shard_size),
-                                      on_tensor=lambda *_: bar.update())
-    converted.copy_aux_files(src, staging)
-    _write_hf_config(src, staging, param_dtype, changed=param_dtype != marker.get("source_dtype"))
-  return Summary(count, nbytes, time.perf_counter() - start)
+def variables_to_hf(variables: dict, cfg: ModelConfig, dst: str, source: str, merged_experts: bool = False,
+                    shard_size: str | int = DEFAULT_SHARD_BYTES, dtype: Any = None, overwrite: bool = False,
+                    progress: bool = False) -> Summary:
+  """Exports in-memory variables (e.g. after training; numpy or jax arrays, sharded or not) as a
+  Hugging Face folder, one tensor at a time.
+
+  Args:
+    source: folder whose config.json (kept verbatim apart from its dtype field) and tokenizer files
+      are copied: the Hugging Face or converted checkpoint the variables came from.
+    dtype: parameter dtype of the output (default: `cfg.param_dtype`); expert_bias is float32.
+  """
+  flat = variable_paths(variables)
+  return _write_hf(dst, cfg, lambda p, i: np.asarray(flat[p][i]), source,
+                   dtype_name(dtype or cfg.param_dtype), "float32", merged_experts, shard_size, overwrite,
+                   progress)
