@@ -236,13 +236,12 @@ def row_keys(seed: int, batch: int) -> jax.Array:
 
 def decoder_call(cfg: ModelConfig, variables, prompt_ids_BxP, prompt_lens_B, options: DecodeOptions,
                  keys_B: jax.Array | None = None) -> tuple[Any, tuple]:
-  """`(jitted decoder with its static arguments bound, its array arguments)`: call `fn(*args)`, or
-  `fn.lower(*args).compile()` to time compilation separately (see `decode_padded` for the arguments)."""
+  """`(jitted decoder with its static arguments bound, its array arguments)`: `fn(*args)` decodes (see
+  `decode_padded` for the arguments)."""
   batch = np.shape(prompt_ids_BxP)[0]
   if keys_B is None:
     keys_B = row_keys(0, batch)
   fn = functools.partial(_generate, cfg, static_options(cfg, options))
-  fn.lower = functools.partial(_generate.lower, cfg, static_options(cfg, options))
   args = (variables, jnp.asarray(prompt_ids_BxP, jnp.int32), jnp.asarray(prompt_lens_B, jnp.int32),
           jnp.float32(options.resolved_threshold), jnp.float32(options.converge_threshold),
           jnp.float32(max(options.temperature, 1e-6)), keys_B)
