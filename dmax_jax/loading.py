@@ -5,22 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-from jax.sharding import Mesh, SingleDeviceSharding
+from jax.sharding import Mesh
 
-from dmax_jax import sharding as sharding_lib
 from dmax_jax.checkpoint import converted
 from dmax_jax.checkpoint.hf_import import HFCheckpoint, dtype_name, unflatten, variable_paths
 from dmax_jax.config import ModelConfig
-from dmax_jax.model import logical_partition_specs
-
-
-def variable_shardings(cfg: ModelConfig, mesh: Mesh | None) -> Any:
-  """`NamedSharding` of every variable on `mesh` (from the logical axis rules), or the first device."""
-  if mesh is None:
-    device = SingleDeviceSharding(jax.devices()[0])
-    return jax.tree.map(lambda _: device, logical_partition_specs(cfg),
-                        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-  return sharding_lib.logical_to_sharding(logical_partition_specs(cfg), mesh)
+from dmax_jax.model import variable_shardings
 
 
 def _load_hf(path: str, cfg: ModelConfig, dtype: Any, mesh: Mesh | None) -> tuple[ModelConfig, dict]:

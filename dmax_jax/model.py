@@ -185,9 +185,14 @@ def logical_partition_specs(config: ModelConfig) -> Variables:
   return nn.get_partition_spec(boxed)
 
 
-def variable_shardings(config: ModelConfig, mesh: jax.sharding.Mesh) -> Variables:
-  """`NamedSharding` of every variable on `mesh`, from its logical axes and the project's rules."""
-  return sharding.logical_to_sharding(logical_partition_specs(config), mesh)
+def variable_shardings(config: ModelConfig, mesh: jax.sharding.Mesh | None) -> Variables:
+  """`NamedSharding` of every variable on `mesh`, from its logical axes and the project's rules;
+  without a mesh, everything on the first device."""
+  specs = logical_partition_specs(config)
+  if mesh is None:
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda _: device, specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  return sharding.logical_to_sharding(specs, mesh)
 
 
 def embed_tokens(config: ModelConfig, variables: Variables, input_ids_BxT: jax.Array) -> jax.Array:
