@@ -48,7 +48,7 @@ def reference_decode(cfg: ModelConfig, variables, prompt, options: DecodeOptions
   nfe = 0
   if options.mode == "spd":  # dInfer's prefill forward, always executed and counted
     n = max(plen // blk * blk, blk)
-    np.asarray(forward(cfg, variables, input_ids=x[None, :n], attention_mask=_block_causal(n, blk)))
+    np.asarray(forward(cfg, variables, inputs_embeds=table[x[None, :n]], attention_mask=_block_causal(n, blk)))
     nfe = 1
   quota = transfer_schedule(blk, options.max_steps)
   eos = False

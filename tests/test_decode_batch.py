@@ -1,0 +1,112 @@
+"""Batches of prompts of different lengths, sampling, the single-program property and sharded decoding,
+checked against the eager reference decoder (`dmax_jax.decoding.reference`, one prompt at a time)."""
+
+import functools
+
+import jax
+from jax.extend import core as jex_core
+import numpy as np
+import pytest
+
+from dmax_jax import sharding
+from dmax_jax.decoding import DecodeOptions, generate, pad_prompts, unpack
+from dmax_jax.decoding.generate import _generate, decoder_call, row_keys
+from dmax_jax.decoding.reference import reference_output
+from dmax_jax.model import variable_shardings
+
+# lengths cover P < block, P a multiple of the block, and rows whose first block differs
+LENGTHS = (3, 8, 13, 20)
+
+
+@pytest.fixture(scope="module")
+def prompts():
+  rng = np.random.default_rng(7)
+  return [rng.integers(0, 250, n).tolist() for n in LENGTHS]
+
+
+def _options(mode, **kw):
+  return DecodeOptions(mode=mode, block_length=8, gen_length=24, threshold=0.5, **kw)
+
+
+def _reference(cfg, variables, prompts, options, keys=None):
+  out = reference_output(cfg, variables, prompts, options, keys)
+  return unpack(cfg, out, np.asarray([len(p) for p in prompts]), options)
+
+
+def _fields(r):
+  return r.ids, r.generated, r.nfe, r.num_tokens, r.stopped_by_eos
+
+
+@pytest.mark.parametrize("mode", ["spd", "threshold"])
+def test_batch_rows_equal_reference(tiny_model, prompts, mode):
+  cfg, variables = tiny_model
+  got = generate(cfg, variables, prompts, _options(mode))
+  want = _reference(cfg, variables, prompts, _options(mode))
+  assert [_fields(r) for r in got] == [_fields(r) for r in want]
+  assert len({r.nfe for r in got}) > 1  # rows finish after different numbers of forwards
+
+
+def test_batch_rows_equal_decoding_alone(tiny_model, prompts):
+  cfg, variables = tiny_model
+  batch = generate(cfg, variables, prompts, _options("spd"))
+  for prompt, row in zip(prompts, batch):
+    alone = generate(cfg, variables, [prompt], _options("spd"), prompt_width=32)[0]
+    assert _fields(alone) == _fields(row)
+
+
+def test_sampling_follows_row_keys(tiny_model, prompts):
+  cfg, variables = tiny_model
+  options = _options("spd", temperature=0.8)
+  keys = row_keys(3, len(prompts))
+  got = generate(cfg, variables, prompts, options, keys=keys)
+  assert [_fields(r) for r in got] == [_fields(r) for r in _reference(cfg, variables, prompts, options, keys)]
+  greedy = generate(cfg, variables, prompts, _options("spd"))
+  assert [r.generated for r in got] != [r.generated for r in greedy]
+
+
+def _primitives(jaxpr):
+  for eqn in jaxpr.eqns:
+    yield eqn.primitive.name, eqn
+    for sub in jex_core.jaxprs_in_params(eqn.params):
+      yield from _primitives(sub)
+
+
+def test_generation_is_one_program(tiny_model, prompts):
+  cfg, variables = tiny_model
+  options = _options("spd")
+  ids, lens = pad_prompts(prompts, 32)
+  fn, args = decoder_call(cfg, variables, ids, lens, options)
+  jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
+  names = [name for name, _ in _primitives(jaxpr)]
+  assert not [n for n in names if "callback" in n or n in ("infeed", "outfeed")]
+  (program,) = [eqn.params["jaxpr"].jaxpr for eqn in jaxpr.eqns if eqn.primitive.name == "jit"]
+  outer = [eqn for eqn in program.eqns if eqn.primitive.name == "while"]
+  assert len(outer) == 1  # blocks: the only top-level loop
+  assert "while" in [name for name, _ in _primitives(outer[0].params["body_jaxpr"].jaxpr)]  # steps
+
+  generate(cfg, variables, prompts, options)
+  compiled = _generate._cache_size()
+  other = [list(reversed(p)) for p in prompts[:3]] + [[5] * 30]  # same batch size and width bucket
+  generate(cfg, variables, other, DecodeOptions(**{**options.__dict__, "threshold": 0.7}))
+  assert _generate._cache_size() == compiled
+
+
+def test_sharded_decoding_equals_single_device(tiny_model, prompts):
+  cfg, variables = tiny_model
+  options = DecodeOptions(mode="spd", block_length=8, gen_length=16, threshold=0.5)
+  pair = [prompts[0], prompts[2]]
+  want = generate(cfg, variables, pair, options)
+  mesh = sharding.make_mesh({"data": 2, "expert": 2, "tensor": 2})
+  placed = jax.device_put(variables, variable_shardings(cfg, mesh))
+  with sharding.use_mesh(mesh):
+    got = generate(cfg, placed, pair, options)
+  assert [_fields(r) for r in got] == [_fields(r) for r in want]
+
+
+@pytest.mark.parametrize("prompt, message", [
+    ([], "empty"), ([1, 256], "outside the vocabulary"), ([1, -1], "outside the vocabulary"),
+    ([1, 255], "mask token"), ([1] * 32761, "max_position_embeddings")])
+def test_bad_prompts_are_rejected(tiny_model, prompt, message):
+  cfg, variables = tiny_model
+  with pytest.raises(ValueError, match=message):
+    generate(cfg, variables, [[1, 2], prompt], _options("spd"))
