@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 
 from dmax_jax import sharding
-from dmax_jax.training import optimizer
 from dmax_jax.training.data import make_dataset
 from dmax_jax.training.run_config import DataSection, TrainSection
-from dmax_jax.training.step import abstract_state, global_batch, init_state, make_train_step
+from dmax_jax.training.step import global_batch, init_state, make_train_step
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "tiny_oput.jsonl")
 TRAIN = TrainSection(learning_rate=1e-3, warmup_ratio=0.0, global_batch_size=16, micro_batch_size=8,
@@ -28,11 +27,9 @@ def host_batch(tiny_model):
 
 
 def one_step(cfg, variables, batch, mesh, train=TRAIN):
-  tx, schedule = optimizer.make_optimizer(train, total_steps=10)
-  abstract = abstract_state(cfg, tx, mesh)
+  step, tx, abstract = make_train_step(cfg, train, 10, mesh)
   with sharding.use_mesh(mesh):
     state = init_state(variables, tx, abstract)
-    step = make_train_step(cfg, tx, schedule, mesh, abstract, train.block_size, train.on_policy)
     new_state, metrics = step(state, global_batch(batch, train.accumulation_steps, mesh))
   return jax.device_get(new_state), jax.device_get(metrics)
 

@@ -139,6 +139,11 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
       return value
     if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
       return float(value)
+    if t is float and isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string
+      try:
+        return float(value)
+      except ValueError:
+        pass
     if t is str and isinstance(value, str):
       return value
   names = " or ".join("null" if t is type(None) else t.__name__ for t in options)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import dataclasses
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -18,6 +21,7 @@ from dmax_jax import sharding
 from dmax_jax.config import ModelConfig
 from dmax_jax.model import abstract_variables, variable_shardings
 from dmax_jax.training.loss import oput_loss_terms
+from dmax_jax.training.optimizer import make_optimizer
 
 State = dict[str, Any]
 BATCH_KEYS = ("noisy_ids", "clean_ids", "labels", "flags")
@@ -92,15 +96,26 @@ def train_step_fn(cfg: ModelConfig, tx: optax.GradientTransformation, schedule: 
   return step
 
 
-def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    mesh: Mesh, abstract: State, block_size: int, on_policy: bool = True):
-  """`jit` of the step with declared in/out shardings; the input state is donated. Call it inside
-  `sharding.use_mesh(mesh)` (the model's activation constraints resolve against the rules table)."""
+def make_train_step(cfg: ModelConfig, train_cfg, total_steps: int, mesh: Mesh):
+  """`(jit of the step with declared in/out shardings and the input state donated, optimizer, abstract
+  state)`. Cached on the settings the step depends on, so runs in one process that differ only in
+  logging, output or batch counts reuse the compiled step. Call the step inside
+  `sharding.use_mesh(mesh)` (the model's activation constraints resolve against the rules)."""
+  step_settings = dataclasses.replace(train_cfg, output_dir="", epochs=1, max_steps=None, log_every=1,
+                                      tensorboard=False, export_hf=None)
+  return _make_train_step(cfg, step_settings, total_steps, mesh)
+
+
+@functools.lru_cache(maxsize=8)
+def _make_train_step(cfg: ModelConfig, train_cfg, total_steps: int, mesh: Mesh):
+  tx, schedule = make_optimizer(train_cfg, total_steps)
+  abstract = abstract_state(cfg, tx, mesh)
   state_sh = state_shardings(abstract)
-  return jax.jit(train_step_fn(cfg, tx, schedule, block_size, on_policy),
+  step = jax.jit(train_step_fn(cfg, tx, schedule, train_cfg.block_size, train_cfg.on_policy),
                  in_shardings=(state_sh, batch_shardings(mesh)),
                  out_shardings=(state_sh, sharding.replicated(mesh)),
                  donate_argnums=0)
+  return step, tx, abstract
 
 
 def global_batch(host_batch: dict, accumulation: int, mesh: Mesh) -> dict[str, jax.Array]:

@@ -27,9 +27,8 @@ from dmax_jax.model import init_variables, variable_shardings
 from dmax_jax.training import checkpointing
 from dmax_jax.training.data import JsonlSource, make_dataset
 from dmax_jax.training.metrics import MetricsWriter
-from dmax_jax.training.optimizer import make_optimizer
 from dmax_jax.training.run_config import RunConfig
-from dmax_jax.training.step import abstract_state, global_batch, init_state, make_train_step
+from dmax_jax.training.step import global_batch, init_state, make_train_step
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +127,7 @@ def run(cfg: RunConfig, progress: bool = True, echo: Callable[[str], None] = pri
   if model_cfg.eos_token_id is None:
     raise ConfigError("the model config has no eos_token_id (used as the padding token)")
   steps = total_steps(cfg, len(JsonlSource(cfg.data.train_path)))
-  tx, schedule = make_optimizer(cfg.train, steps)
-  abstract = abstract_state(model_cfg, tx, mesh)
+  train_step, tx, abstract = make_train_step(model_cfg, cfg.train, steps, mesh)
   accumulation = cfg.train.accumulation_steps
   dataset = make_dataset(cfg.data, rows_per_process=cfg.train.global_batch_size // jax.process_count(),
                          epochs=cfg.train.epochs, eos_id=model_cfg.eos_token_id,
@@ -141,6 +139,8 @@ def run(cfg: RunConfig, progress: bool = True, echo: Callable[[str], None] = pri
   writer = MetricsWriter(cfg.train.output_dir, cfg.train.tensorboard, enabled=is_main)
   tokens_per_step = cfg.train.global_batch_size * cfg.data.max_seq_len
   latest = manager.latest_step() if cfg.checkpoint.resume else None
+  if latest is None:
+    variables = initial_variables(cfg, model_cfg, mesh)  # outside use_mesh: loading traces abstract shapes
   with sharding.use_mesh(mesh):
     if latest is not None:
       state = checkpointing.restore(manager, latest, abstract, data_iter)
@@ -148,10 +148,9 @@ def run(cfg: RunConfig, progress: bool = True, echo: Callable[[str], None] = pri
       if is_main:
         echo(f"resumed from {cfg.checkpoint_dir} step {latest}")
     else:
-      state = init_state(initial_variables(cfg, model_cfg, mesh), tx, abstract)
+      state = init_state(variables, tx, abstract)
+      del variables
       start = 0
-    train_step = make_train_step(model_cfg, tx, schedule, mesh, abstract, cfg.train.block_size,
-                                 cfg.train.on_policy)
     bar = tqdm(total=steps, initial=start, desc="oput", unit="step", disable=not (progress and is_main))
     clock = {"t": time.perf_counter()}
     last: dict[str, float] = {}
