@@ -1,0 +1,216 @@
+"""The tiny-DMax pipeline, from nothing to the accuracy-vs-TPF table and plot.
+
+Stages (each skipped when its `<run_dir>/<stage>.done.json` exists, so a rerun resumes; training also
+resumes from its Orbax checkpoints):
+  prepare       tokenizer, tiny model config, base-model SFT rows (one fresh problem per row).
+  base          masked-diffusion SFT from scratch (train.py's trainer, rollout off) -> `base/` (HF dir).
+  trajectories  the base model decodes training prompts (threshold decoding) -> OPUT rows, each response
+                once with flag true and once with flag false (DMax's recipe).
+  dmax          OPUT fine-tune of the base model on those rows -> `dmax/` (HF dir): "DMax-tiny".
+  evaluate      both models x both decoders over a threshold grid on the test split -> results/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from typing import Any, Sequence
+
+from tqdm import tqdm
+
+from dmax_jax.experiments.tiny_dmax import data, evaluation, model_config, task, tokenizer
+from dmax_jax.experiments.tiny_dmax.files import write_text_atomic
+
+STAGES = ("prepare", "base", "trajectories", "dmax", "evaluate")
+BASE, DMAX = "base", "DMax-tiny"
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  run_dir: str = "runs/tiny_dmax"
+  seed: int = 0
+  max_seq_len: int = 160         # training rows (prompt + answer + EOS); longer problems are not used
+  block_length: int = 32
+  gen_length: int = 128          # covers the longest answer (117 tokens with EOS)
+  # Base model: masked-diffusion SFT, one fresh problem per row.
+  base_steps: int = 1500
+  base_batch: int = 32
+  base_lr: float = 2e-3
+  base_noise: tuple[float, float] = (0.05, 1.0)
+  # Trajectories: the base model decodes this many training prompts.
+  trajectory_prompts: int = 2000
+  trajectory_threshold: float = 0.9
+  trajectory_correct_only: bool = False
+  # DMax: OPUT fine-tune.
+  dmax_steps: int = 600
+  dmax_batch: int = 32
+  dmax_lr: float = 5e-4
+  dmax_noise: tuple[float, float] = (0.75, 0.75)
+  # Evaluation.
+  test_problems: int = 300
+  decode_batch: int = 50
+  threshold_grid: tuple[float, ...] = (0.95, 0.9, 0.8, 0.7, 0.5, 0.3, 0.1, 0.0)
+  spd_grid: tuple[float, ...] = (0.9, 0.8, 0.7, 0.5, 0.3, 0.1, 0.0)
+  checkpoint_every: int = 250
+
+  def path(self, *parts: str) -> str:
+    return os.path.join(self.run_dir, *parts)
+
+
+SMOKE = dict(run_dir="runs/tiny_dmax_smoke", base_steps=2, base_batch=8, trajectory_prompts=8, dmax_steps=2,
+             dmax_batch=8, test_problems=8, decode_batch=8, gen_length=64, threshold_grid=(0.9, 0.0),
+             spd_grid=(0.9, 0.0), checkpoint_every=2)
+
+
+# ---- stages ---------------------------------------------------------------------------------------
+
+def prepare(pc: PipelineConfig) -> dict[str, Any]:
+  """Tokenizer dir, `model_init/config.json`, `data/base_sft.jsonl`."""
+  tok = tokenizer.build_tokenizer()
+  tokenizer.save_tokenizer(tok, pc.path("tokenizer"), model_max_length=pc.max_seq_len + pc.gen_length)
+  cfg = model_config.tiny_model_config(tok.get_vocab_size(), **tokenizer.special_ids(tok),
+                                       max_position_embeddings=max(256, pc.max_seq_len + pc.gen_length))
+  model_config.write_hf_config(cfg, pc.path("model_init"))
+  rows, skipped = [], 0
+  problems = task.iter_split("train", pc.seed)
+  with tqdm(total=pc.base_steps * pc.base_batch, desc="base SFT rows", unit="row") as bar:
+    while len(rows) < pc.base_steps * pc.base_batch:
+      p = next(problems)
+      row = data.sft_rows([p], pc.seed)[0]
+      text = tokenizer.render_prompt(p.prompt) + row["messages"][1]["content"] + tokenizer.EOS_TOKEN
+      if len(tok.encode(text).ids) > pc.max_seq_len:
+        skipped += 1
+        continue
+      rows.append(row)
+      bar.update()
+  data.write_jsonl(pc.path("data", "base_sft.jsonl"), rows)
+  return {"rows": len(rows), "skipped_too_long": skipped, "parameters": model_config.parameter_summary(cfg)}
+
+
+def _train(pc: PipelineConfig, name: str, raw_model: dict, train_path: str, steps: int, batch: int, lr: float,
+           noise: tuple[float, float], on_policy: bool) -> dict[str, Any]:
+  """Runs train.py's trainer and exports `<run_dir>/<name>/` (HF safetensors + config + tokenizer)."""
+  from dmax_jax.training import trainer
+  from dmax_jax.training.run_config import load_run_config
+  out = pc.path(name)
+  raw = {
+      "model": raw_model,
+      "data": {"train_path": train_path, "tokenizer": pc.path("tokenizer"), "max_seq_len": pc.max_seq_len,
+               "noise_low": noise[0], "noise_high": noise[1], "seed": pc.seed, "read_threads": 1},
+      "train": {"output_dir": pc.path("train_" + name), "learning_rate": lr, "epochs": 1000, "max_steps": steps,
+                "global_batch_size": batch, "warmup_ratio": 0.05, "schedule": "cosine", "end_lr_ratio": 0.05,
+                "block_size": pc.block_length, "on_policy": on_policy, "export_hf": out, "tensorboard": False},
+      "checkpoint": {"every_steps": pc.checkpoint_every, "keep": 1},
+  }
+  start = time.perf_counter()
+  summary = trainer.run(load_run_config(raw=raw), echo=lambda s: None)
+  if summary.status != "finished":
+    raise RuntimeError(f"{name} training stopped: {summary.status} at step {summary.final_step}")
+  for f in ("tokenizer.json", "tokenizer_config.json"):
+    shutil.copyfile(pc.path("tokenizer", f), os.path.join(out, f))
+  return {"steps": summary.final_step, "seconds": time.perf_counter() - start, "last_metrics": summary.last_metrics}
+
+
+def train_base(pc: PipelineConfig) -> dict[str, Any]:
+  return _train(pc, "base", {"config": pc.path("model_init", "config.json"), "init_seed": pc.seed},
+                pc.path("data", "base_sft.jsonl"), pc.base_steps, pc.base_batch, pc.base_lr, pc.base_noise,
+                on_policy=False)
+
+
+def _load(pc: PipelineConfig, name: str):
+  from transformers import AutoTokenizer
+
+  from dmax_jax.loading import load_model
+  cfg, variables = load_model(pc.path(name))
+  return cfg, variables, AutoTokenizer.from_pretrained(pc.path(name))
+
+
+def decode_questions(cfg, variables, hf_tok, questions: Sequence[str], options, batch: int,
+                     desc: str) -> tuple[list[str], list[Any], float]:
+  """Decodes chat prompts in fixed-shape batches (the last one padded by repetition, so one compiled
+  program serves every batch); returns (answer texts, RowResults, seconds)."""
+  from dmax_jax.decoding import generate
+  prompts = [hf_tok(hf_tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                               tokenize=False), add_special_tokens=False)["input_ids"]
+             for q in questions]
+  width = -(-max(len(p) for p in prompts) // options.block_length) * options.block_length
+  rows, start = [], time.perf_counter()
+  for i in tqdm(range(0, len(prompts), batch), desc=desc, unit="batch", leave=False):
+    chunk = prompts[i:i + batch]
+    rows += generate(cfg, variables, chunk + [chunk[0]] * (batch - len(chunk)), options,
+                     prompt_width=width)[:len(chunk)]
+  texts = [hf_tok.decode(r.ids, skip_special_tokens=True) for r in rows]
+  return texts, rows, time.perf_counter() - start
+
+
+def trajectories(pc: PipelineConfig) -> dict[str, Any]:
+  """Base-model answers to training prompts -> `data/oput.jsonl` (each response with flag true and false)."""
+  from dmax_jax.decoding import DecodeOptions
+  cfg, variables, hf_tok = _load(pc, "base")
+  problems = task.generate_split("train", pc.trajectory_prompts, seed=pc.seed)  # prompts the base model trained on
+  options = DecodeOptions(mode="threshold", block_length=pc.block_length, gen_length=pc.gen_length,
+                          threshold=pc.trajectory_threshold)
+  texts, rows, seconds = decode_questions(cfg, variables, hf_tok, [p.prompt for p in problems], options,
+                                          pc.decode_batch, "trajectories")
+  correct = [task.is_correct(t, p.answer) for t, p in zip(texts, problems)]
+  keep = [i for i, r in enumerate(rows) if r.stopped_by_eos and (correct[i] or not pc.trajectory_correct_only)]
+  data.write_jsonl(pc.path("data", "oput.jsonl"),
+                   data.oput_rows([problems[i].prompt for i in keep], [texts[i] for i in keep]))
+  return {"prompts": len(problems), "kept": len(keep), "accuracy": sum(correct) / len(correct),
+          "seconds": seconds, "tpf": sum(r.num_tokens for r in rows) / sum(r.nfe for r in rows)}
+
+
+def train_dmax(pc: PipelineConfig) -> dict[str, Any]:
+  return _train(pc, "dmax", {"path": pc.path("base")}, pc.path("data", "oput.jsonl"), pc.dmax_steps,
+                pc.dmax_batch, pc.dmax_lr, pc.dmax_noise, on_policy=True)
+
+
+def evaluate(pc: PipelineConfig) -> dict[str, Any]:
+  """Accuracy and TPF of {base, DMax-tiny} x {threshold, SPD} over the threshold grids on the test split."""
+  from dmax_jax.decoding import DecodeOptions
+  problems = task.generate_split("test", pc.test_problems, seed=pc.seed)
+  points = []
+  for name, label in (("base", BASE), ("dmax", DMAX)):
+    cfg, variables, hf_tok = _load(pc, name)
+    for mode, grid in (("threshold", pc.threshold_grid), ("spd", pc.spd_grid)):
+      for th in grid:
+        options = DecodeOptions(mode=mode, block_length=pc.block_length, gen_length=pc.gen_length, threshold=th)
+        texts, rows, seconds = decode_questions(cfg, variables, hf_tok, [p.prompt for p in problems], options,
+                                                pc.decode_batch, f"{label} {mode} {th:g}")
+        points.append(evaluation.evaluate(label, mode, th, problems, texts, [r.num_tokens for r in rows],
+                                          [r.nfe for r in rows], seconds))
+        tqdm.write(f"{label:>9} {mode:>9} {th:<5g} accuracy {100 * points[-1].accuracy:5.1f}%  "
+                   f"TPF {points[-1].tpf:5.2f}  ({seconds:.1f} s)")
+  evaluation.save_points(pc.path("results", "points.json"), points)
+  evaluation.write_markdown(pc.path("results", "results.md"), points)
+  evaluation.plot_accuracy_vs_tpf(points, pc.path("results", "accuracy_vs_tpf.png"))
+  head = evaluation.headline(points, base=(BASE, "threshold"), dmax=(DMAX, "spd"))
+  write_text_atomic(pc.path("results", "headline.json"), json.dumps(head, indent=1) + "\n")
+  return {"points": len(points), "headline": head}
+
+
+_RUNNERS = {"prepare": prepare, "base": train_base, "trajectories": trajectories, "dmax": train_dmax,
+            "evaluate": evaluate}
+
+
+def run(pc: PipelineConfig, stages: Sequence[str] = STAGES, force: bool = False) -> dict[str, Any]:
+  """Runs the stages in order (skipping completed ones unless `force`); returns each stage's summary."""
+  summaries = {}
+  for stage in stages:
+    done = pc.path(f"{stage}.done.json")
+    if os.path.exists(done) and not force:
+      with open(done) as f:
+        summaries[stage] = json.load(f)
+      tqdm.write(f"[{stage}] already done ({done})")
+      continue
+    tqdm.write(f"[{stage}] ...")
+    start = time.perf_counter()
+    summary = _RUNNERS[stage](pc)
+    summary["stage_seconds"] = time.perf_counter() - start
+    write_text_atomic(done, json.dumps(summary, indent=1, default=str) + "\n")
+    tqdm.write(f"[{stage}] done in {summary['stage_seconds']:.0f} s")
+    summaries[stage] = summary
+  return summaries
