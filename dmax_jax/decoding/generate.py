@@ -107,6 +107,62 @@ def _empty_trace(iters, steps, batch, block) -> Trace:
                stop=z(jnp.int32))
 
 
+class _Knobs(NamedTuple):
+  """Run-time values of a generation (traced, so changing them does not recompile)."""
+  threshold: jax.Array
+  converge_threshold: jax.Array
+  temperature: jax.Array
+  keys: jax.Array       # [batch] typed PRNG keys
+  mask_emb: jax.Array   # [hidden] float32 E[mask]
+  quota: jax.Array      # [max_steps] threshold-decoding commit schedule
+
+
+def _forward_block(cfg: ModelConfig, variables, emb_BxTxH, start_B, cache) -> jax.Array:
+  """Logits `[batch, block, vocab]` of each row's block at `start[b]`, attending to the cache below it."""
+  blk_len, seq_len = emb_BxTxH.shape[1], cache.k.shape[2]
+  bias = kv_cache.attention_bias(seq_len, start_B, jnp.ones((blk_len, blk_len), bool))
+  logits, _ = apply_model(cfg, variables, emb_BxTxH, start_B[:, None] + jnp.arange(blk_len), bias,
+                          kv_prefix=cache)
+  return logits
+
+
+def _refine(cfg: ModelConfig, st: _Static, variables, k: _Knobs, blk: _Block, logits_BxTxV, active_BxT, it,
+            first: bool) -> _Block:
+  """One refinement step (of block iteration `it`) for the rows still working on their block."""
+  mask_id = st.mask_id
+  live = ~blk.done
+  nstep = blk.step + 1
+  noise = None
+  if st.sample:
+    noise = jax.vmap(jax.random.fold_in)(k.keys, blk.nfe)
+  x0, p = rules.pick_tokens(logits_BxTxV, k.temperature, noise)
+  if st.mode == "spd":
+    x_new, decoded, changed = rules.spd_select(blk.x, active_BxT, x0, p, k.threshold, mask_id)
+    stop = rules.spd_stop(active_BxT, p, changed, nstep, st.max_steps, k.converge_threshold)
+    hard = _embed(cfg, variables, x_new)
+    soft = active_BxT & (x_new != mask_id)
+    reset = jnp.ones_like(soft) if first else (~soft & changed)
+    emb = rules.soft_embeddings(blk.emb, hard, soft, reset, p, hard, k.mask_emb)
+  else:
+    x_new, decoded = rules.threshold_select(blk.x, x0, p, k.threshold, k.quota[blk.step], mask_id)
+    changed = decoded & (x0 != blk.x)
+    finished = ~(x_new == mask_id).any(-1) | (nstep >= st.max_steps)
+    stop = jnp.where(finished, rules.BLOCK_DONE, rules.NOT_STOPPED)
+    emb = _embed(cfg, variables, x_new)
+  trace = blk.trace
+  if trace is not None:
+    at = lambda buf, v: buf.at[it, blk.step].set(jnp.where(
+        live.reshape(live.shape + (1,) * (v.ndim - 1)), v, buf[it, blk.step]))
+    trace = trace._replace(
+        taken=trace.taken.at[it, blk.step].set(live), tokens_before=at(trace.tokens_before, blk.x),
+        tokens_after=at(trace.tokens_after, x_new), argmax=at(trace.argmax, x0),
+        max_prob=at(trace.max_prob, p), decoded=at(trace.decoded, decoded), changed=at(trace.changed, changed),
+        stop=at(trace.stop, stop))
+  return _Block(step=nstep, x=jnp.where(live[:, None], x_new, blk.x),
+                emb=jnp.where(live[:, None, None], emb, blk.emb), done=blk.done | (stop != 0),
+                nfe=blk.nfe + live, trace=trace)
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _generate(cfg: ModelConfig, st: _Static, variables, prompt_ids_BxP, prompt_lens_B, threshold,
               converge_threshold, temperature, keys_B) -> DecodeOutput:
@@ -124,8 +180,9 @@ def _generate(cfg: ModelConfig, st: _Static, variables, prompt_ids_BxP, prompt_l
   first_block_B = prompt_lens_B // blk_len
   num_blocks_B = total_length(prompt_lens_B, st.gen_length, blk_len) // blk_len
   row_len_B = num_blocks_B * blk_len
-  mask_emb = _embed(cfg, variables, jnp.full((1, 1), mask_id))[0, 0]
-  quota = jnp.asarray(transfer_schedule(blk_len, st.max_steps))
+  knobs = _Knobs(threshold=threshold, converge_threshold=converge_threshold, temperature=temperature, keys=keys_B,
+                 mask_emb=_embed(cfg, variables, jnp.full((1, 1), mask_id))[0, 0],
+                 quota=jnp.asarray(transfer_schedule(blk_len, st.max_steps)))
 
   cache = kv_cache.init_cache(cfg, batch, seq_len)
   prefill_len = (width // blk_len) * blk_len
@@ -139,40 +196,6 @@ def _generate(cfg: ModelConfig, st: _Static, variables, prompt_ids_BxP, prompt_l
     cache = kv_cache.write(cache, kv, jnp.zeros((batch,), jnp.int32))
   # dInfer counts its prefill forward (even when there is no full prompt block); generate() has none.
   nfe = jnp.full((batch,), 1 if st.mode == "spd" else 0, jnp.int32)
-
-  def step(blk: _Block, logits, active, start_B, it, first: bool) -> _Block:
-    """Applies one refinement step to the rows still working on their block."""
-    live = ~blk.done
-    nstep = blk.step + 1
-    noise = None
-    if st.sample:
-      noise = jax.vmap(jax.random.fold_in)(keys_B, blk.nfe)
-    x0, p = rules.pick_tokens(logits, temperature, noise)
-    if st.mode == "spd":
-      x_new, decoded, changed = rules.spd_select(blk.x, active, x0, p, threshold, mask_id)
-      stop = rules.spd_stop(active, p, changed, nstep, st.max_steps, converge_threshold)
-      hard = _embed(cfg, variables, x_new)
-      soft = active & (x_new != mask_id)
-      reset = jnp.ones_like(soft) if first else (~soft & changed)
-      emb = rules.soft_embeddings(blk.emb, hard, soft, reset, p, hard, mask_emb)
-    else:
-      x_new, decoded = rules.threshold_select(blk.x, x0, p, threshold, quota[blk.step], mask_id)
-      changed = decoded & (x0 != blk.x)
-      finished = ~(x_new == mask_id).any(-1) | (nstep >= st.max_steps)
-      stop = jnp.where(finished, rules.BLOCK_DONE, rules.NOT_STOPPED)
-      emb = _embed(cfg, variables, x_new)
-    trace = blk.trace
-    if trace is not None:
-      at = lambda buf, v: buf.at[it, blk.step].set(jnp.where(
-          live.reshape(live.shape + (1,) * (v.ndim - 1)), v, buf[it, blk.step]))
-      trace = trace._replace(
-          taken=trace.taken.at[it, blk.step].set(live), tokens_before=at(trace.tokens_before, blk.x),
-          tokens_after=at(trace.tokens_after, x_new), argmax=at(trace.argmax, x0),
-          max_prob=at(trace.max_prob, p), decoded=at(trace.decoded, decoded), changed=at(trace.changed, changed),
-          stop=at(trace.stop, stop))
-    return _Block(step=nstep, x=jnp.where(live[:, None], x_new, blk.x),
-                  emb=jnp.where(live[:, None, None], emb, blk.emb), done=blk.done | (stop != 0),
-                  nfe=blk.nfe + live, trace=trace)
 
   def block_body(run: _Run) -> _Run:
     start_B = jnp.minimum(first_block_B + run.it, num_blocks_B - 1) * blk_len
@@ -194,19 +217,16 @@ def _generate(cfg: ModelConfig, st: _Static, variables, prompt_ids_BxP, prompt_l
       trace = trace._replace(block=trace.block.at[run.it].set(start_B // blk_len))
     blk = _Block(step=jnp.int32(0), x=x_blk, emb=_embed(cfg, variables, x_blk), done=run.done, nfe=run.nfe,
                  trace=trace)
-    blk = step(blk, logits, active, start_B, run.it, first=True)
-
-    positions = start_B[:, None] + arange_blk
-    block_bias = kv_cache.attention_bias(seq_len, start_B, jnp.ones((blk_len, blk_len), bool))
+    blk = _refine(cfg, st, variables, knobs, blk, logits, active, run.it, first=True)
 
     def refine(b: _Block) -> _Block:
-      logits, _ = apply_model(cfg, variables, b.emb, positions, block_bias, kv_prefix=cache)
-      return step(b, logits, active, start_B, run.it, first=False)
+      logits = _forward_block(cfg, variables, b.emb, start_B, cache)
+      return _refine(cfg, st, variables, knobs, b, logits, active, run.it, first=False)
 
     blk = jax.lax.while_loop(lambda b: (b.step < st.max_steps) & ~b.done.all(), refine, blk)
 
     tokens = kv_cache.put_rows(run.tokens, jnp.where(live[:, None], blk.x, x_blk), start_B)
-    generated = positions >= prompt_lens_B[:, None]
+    generated = start_B[:, None] + arange_blk >= prompt_lens_B[:, None]
     has_eos = live & ((blk.x == eos_id) & generated).any(-1)
     if st.mode == "spd":  # dInfer fills everything after an EOS block with EOS
       fill = has_eos[:, None] & (pos_S[None] >= start_B[:, None] + blk_len) & (pos_S[None] < row_len_B[:, None])
@@ -220,6 +240,27 @@ def _generate(cfg: ModelConfig, st: _Static, variables, prompt_ids_BxP, prompt_l
              eos=jnp.zeros((batch,), bool), nfe=nfe, trace=trace)
   run = jax.lax.while_loop(lambda r: ~r.done.all(), block_body, run)
   return DecodeOutput(tokens=run.tokens, nfe=run.nfe, stopped_by_eos=run.eos, trace=run.trace)
+
+
+def block_step(cfg: ModelConfig, options: DecodeOptions, variables, cache, x_BxT, emb_BxTxH, active_BxT,
+               start_B, nfe_B):
+  """One later refinement step of a block, the unit of work a generation repeats ~NFE times: forward of
+  each row's block `[batch, block]` (input embeddings `emb_BxTxH`) at `start_B` against the static
+  cache, then the decoding rule. For AOT compiles and cost estimates (args may be abstract).
+
+  Returns `(tokens [batch, block], next input embeddings [batch, block, hidden], block done [batch])`.
+  """
+  st = static_options(cfg, options)._replace(trace=False)
+  batch = x_BxT.shape[0]
+  knobs = _Knobs(threshold=jnp.float32(options.resolved_threshold),
+                 converge_threshold=jnp.float32(options.converge_threshold),
+                 temperature=jnp.float32(max(options.temperature, 1e-6)), keys=row_keys(0, batch),
+                 mask_emb=_embed(cfg, variables, jnp.full((1, 1), st.mask_id))[0, 0],
+                 quota=jnp.asarray(transfer_schedule(st.block_length, st.max_steps)))
+  blk = _Block(step=jnp.int32(1), x=x_BxT, emb=emb_BxTxH, done=jnp.zeros((batch,), bool), nfe=nfe_B, trace=None)
+  out = _refine(cfg, st, variables, knobs, blk, _forward_block(cfg, variables, emb_BxTxH, start_B, cache),
+                active_BxT, 0, first=False)
+  return out.x, out.emb, out.done
 
 
 def static_options(cfg: ModelConfig, options: DecodeOptions) -> _Static:
@@ -246,6 +287,14 @@ def decoder_call(cfg: ModelConfig, variables, prompt_ids_BxP, prompt_lens_B, opt
           jnp.float32(options.resolved_threshold), jnp.float32(options.converge_threshold),
           jnp.float32(max(options.temperature, 1e-6)), keys_B)
   return fn, args
+
+
+def lower_decoder(cfg: ModelConfig, variables, prompt_ids_BxP, prompt_lens_B, options: DecodeOptions,
+                  keys_B: jax.Array | None = None) -> tuple[jax.stages.Lowered, tuple]:
+  """`(lowered program, its array arguments)`: `lowered.compile()(*args)` decodes; for AOT compiles
+  and compile-time measurements (abstract `jax.ShapeDtypeStruct` variables work too)."""
+  _, args = decoder_call(cfg, variables, prompt_ids_BxP, prompt_lens_B, options, keys_B)
+  return _generate.lower(cfg, static_options(cfg, options), *args), args
 
 
 def decode_padded(cfg: ModelConfig, variables, prompt_ids_BxP, prompt_lens_B, options: DecodeOptions,

@@ -1,0 +1,125 @@
+#!/usr/bin/env python
+"""Compiled decoder vs the eager reference loop (same algorithm, Python loop per step, host sync each
+step, full recompute without a cache), in one process, outputs asserted equal; plus the compiled
+decoder's cost per forward / per generated token at several generation lengths, and compile times.
+
+  python benchmarks/decode_bench.py                      # fixture model + random 4-layer model
+  python benchmarks/decode_bench.py --models random --gen-lengths 128,512,2048 --json out.json
+
+Timings are the best of --repeats runs (the machine may be shared). CPU only by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from dmax_jax import ModelConfig, init_variables  # noqa: E402
+from dmax_jax.checkpoint.hf_import import load_hf_variables  # noqa: E402
+from dmax_jax.decoding import DecodeOptions, pad_prompts, prompt_bucket, unpack  # noqa: E402
+from dmax_jax.decoding.generate import lower_decoder  # noqa: E402
+from dmax_jax.decoding.reference import reference_output  # noqa: E402
+
+FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "fixtures", "tiny_llada2")
+
+# "a larger random model": 4 layers (1 dense), hidden 512, 16 experts
+RANDOM_CONFIG = dict(vocab_size=4096, hidden_size=512, num_hidden_layers=4, num_attention_heads=8,
+                     num_key_value_heads=4, head_dim=64, intermediate_size=1536, moe_intermediate_size=256,
+                     num_experts=16, num_experts_per_tok=4, n_group=4, topk_group=2, num_shared_experts=1,
+                     first_k_dense_replace=1, routed_scaling_factor=2.5, partial_rotary_factor=0.5,
+                     rope_theta=600000.0, eos_token_id=4094, mask_token_id=4095, pad_token_id=4093)
+
+
+def load(name: str):
+  if name == "fixture":
+    cfg = ModelConfig.from_json(FIXTURE)
+    return cfg, jax.device_put(load_hf_variables(FIXTURE, cfg))
+  cfg = ModelConfig(**RANDOM_CONFIG)
+  import flax.linen as nn
+  return cfg, nn.unbox(init_variables(cfg, jax.random.key(0)))
+
+
+def compiled_run(cfg, variables, prompts, options, repeats):
+  """(results, compile seconds, best decode seconds)."""
+  ids, lens = pad_prompts(prompts, prompt_bucket(max(map(len, prompts)), options.block_length))
+  t0 = time.perf_counter()
+  lowered, args = lower_decoder(cfg, variables, ids, lens, options)
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - t0
+  best = np.inf
+  for _ in range(repeats):
+    t = time.perf_counter()
+    out = jax.block_until_ready(compiled(*args))
+    best = min(best, time.perf_counter() - t)
+  return unpack(cfg, out, lens, options), compile_s, best
+
+
+def eager_run(cfg, variables, prompts, options, repeats):
+  """(results, best seconds); the first, untimed run compiles the per-length forwards."""
+  lens = np.asarray([len(p) for p in prompts])
+  out = reference_output(cfg, variables, prompts, options)
+  best = np.inf
+  for _ in range(repeats):
+    t = time.perf_counter()
+    out = reference_output(cfg, variables, prompts, options)
+    best = min(best, time.perf_counter() - t)
+  return unpack(cfg, out, lens, options), best
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--models", default="fixture,random", help="comma list of: fixture, random")
+  p.add_argument("--modes", default="spd,threshold", help="comma list of decoding modes to compare with eager")
+  p.add_argument("--gen-lengths", default="128,512,2048", help="generation lengths of the per-token cost sweep")
+  p.add_argument("--compare-gen-length", type=int, default=128, help="generation length of compiled vs eager")
+  p.add_argument("--block-length", type=int, default=32, help="block length (default 32, as DMax)")
+  p.add_argument("--prompt-length", type=int, default=40, help="random prompt length")
+  p.add_argument("--repeats", type=int, default=3, help="timed repeats (best is reported)")
+  p.add_argument("--json", help="also write the results to this JSON file")
+  args = p.parse_args(argv)
+  jax.config.update("jax_default_matmul_precision", "highest")
+  report = {"devices": str(jax.devices()), "runs": [], "sweep": []}
+  for name in args.models.split(","):
+    cfg, variables = load(name)
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(0, cfg.vocab_size - 8, args.prompt_length).tolist()
+    for mode in args.modes.split(","):
+      options = DecodeOptions(mode=mode, block_length=args.block_length, gen_length=args.compare_gen_length)
+      fast, compile_s, fast_s = compiled_run(cfg, variables, [prompt], options, args.repeats)
+      slow, slow_s = eager_run(cfg, variables, [prompt], options, args.repeats)
+      assert (fast[0].generated, fast[0].nfe) == (slow[0].generated, slow[0].nfe), (name, mode)
+      row = {"model": name, "mode": mode, "gen_length": options.gen_length, "nfe": fast[0].nfe,
+             "tokens": fast[0].num_tokens, "compile_s": compile_s, "compiled_s": fast_s, "eager_s": slow_s,
+             "compiled_tok_s": fast[0].num_tokens / fast_s, "eager_tok_s": slow[0].num_tokens / slow_s,
+             "speedup": slow_s / fast_s}
+      report["runs"].append(row)
+      print(f"{name:8s} {mode:9s} G={options.gen_length} NFE={row['nfe']:4d} tokens={row['tokens']:4d}  "
+            f"compiled {row['compiled_tok_s']:8.1f} tok/s  eager {row['eager_tok_s']:7.1f} tok/s  "
+            f"speed-up x{row['speedup']:.1f}  (compile {compile_s:.1f} s)", flush=True)
+    for gen_length in map(int, args.gen_lengths.split(",")):
+      # threshold 0.95 on these models commits ~1 token per forward: the forward count grows with G
+      options = DecodeOptions(mode="threshold", block_length=args.block_length, gen_length=gen_length)
+      res, compile_s, secs = compiled_run(cfg, variables, [prompt], options, args.repeats)
+      row = {"model": name, "gen_length": gen_length, "nfe": res[0].nfe, "tokens": res[0].num_tokens,
+             "ms_per_forward": 1e3 * secs / res[0].nfe, "ms_per_token": 1e3 * secs / max(res[0].num_tokens, 1),
+             "compile_s": compile_s}
+      report["sweep"].append(row)
+      print(f"{name:8s} threshold G={gen_length:5d} NFE={row['nfe']:5d}  {row['ms_per_forward']:.2f} ms/forward  "
+            f"{row['ms_per_token']:.2f} ms/token  (compile {compile_s:.1f} s)", flush=True)
+  if args.json:
+    from dmax_jax.experiments.tiny_dmax.files import write_text_atomic
+    write_text_atomic(args.json, json.dumps(report, indent=1))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
