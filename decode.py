@@ -12,6 +12,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -56,6 +57,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--gen-length", type=int, default=256, help="tokens to generate after the prompt (default 256)")
   p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples (Gumbel-max)")
   p.add_argument("--seed", type=int, default=0, help="sampling seed; row i of a batch uses fold_in(seed, i)")
+  p.add_argument("--mesh", default=None,
+                 help="decode sharded over a device mesh, e.g. 'expert=4,tensor=2' (axes data, fsdp, expert, "
+                      "tensor; parameters and KV cache placed by the project's logical-axis rules); default: "
+                      "one device")
   p.add_argument("--json", action="store_true",
                  help="print one JSON object as the last stdout line: ids, text, nfe, tpf, num_tokens, "
                       "stopped_by_eos and timings (per-row lists for --batch-file)")
@@ -106,7 +111,7 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   import jax
 
-  from dmax_jax import load_model
+  from dmax_jax import load_model, sharding
   from dmax_jax.decoding import DecodeOptions, pad_prompts, prompt_bucket, row_keys, unpack, validate_prompts
   from dmax_jax.decoding.generate import decoder_call
   from dmax_jax.decoding.html import write_replay
@@ -121,7 +126,13 @@ def main(argv=None) -> int:
                             temperature=args.temperature, trace=args.html is not None)
   except ValueError as e:
     raise SystemExit(f"error: {e}")
-  cfg, variables = load_model(args.ckpt)
+  mesh = None
+  if args.mesh:
+    try:
+      mesh = sharding.make_mesh({k: int(v) for k, v in (item.split("=") for item in args.mesh.split(","))})
+    except ValueError as e:
+      raise SystemExit(f"error: --mesh {args.mesh!r}: {e}")
+  cfg, variables = load_model(args.ckpt, mesh=mesh)
   try:
     validate_prompts(cfg, prompts, options)
   except ValueError as e:
@@ -135,7 +146,8 @@ def main(argv=None) -> int:
     _listening.append(True)
   compiled_before = _compile_seconds[0]
   t0 = time.perf_counter()
-  out = jax.block_until_ready(fn(*call_args))
+  with sharding.use_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+    out = jax.block_until_ready(fn(*call_args))
   compile_s = _compile_seconds[0] - compiled_before  # 0 when this process already compiled the bucket
   decode_s = time.perf_counter() - t0 - compile_s
   results = unpack(cfg, out, lens, options)
