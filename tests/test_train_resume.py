@@ -72,6 +72,16 @@ def test_nonfinite_loss_stops_without_saving_the_bad_step(tmp_path, fixture_dir)
   assert not [d for d in os.listdir(summary.checkpoint_dir) if d.isdigit()]
 
 
+def test_export_hf_at_the_end_loads_back(tmp_path, fixture_dir):
+  from dmax_jax import load_model
+  export = tmp_path / "hf"
+  overrides = _overrides(tmp_path / "run", fixture_dir) + ["train.max_steps=2", f"train.export_hf={export}"]
+  summary = trainer.run(load_run_config(TINY, overrides), progress=False, echo=lambda s: None)
+  assert summary.export_dir == str(export) and summary.final_step == 2
+  _, variables = load_model(str(export))
+  _assert_identical(jax.device_get(variables["params"]), _final_params(summary.checkpoint_dir, 2))
+
+
 def _train_cmd(out_dir, model_path):
   cmd = [sys.executable, "train.py", "--config", TINY, "--no-progress"]
   for o in _overrides(out_dir, model_path, every=1):
