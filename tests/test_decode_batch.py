@@ -1,7 +1,6 @@
 """Batches of prompts of different lengths, sampling, the single-program property and sharded decoding,
 checked against the eager reference decoder (`dmax_jax.decoding.reference`, one prompt at a time)."""
 
-import functools
 
 import jax
 from jax.extend import core as jex_core
@@ -93,13 +92,12 @@ def test_generation_is_one_program(tiny_model, prompts):
 
 def test_sharded_decoding_equals_single_device(tiny_model, prompts):
   cfg, variables = tiny_model
-  options = DecodeOptions(mode="spd", block_length=8, gen_length=16, threshold=0.5)
-  pair = [prompts[0], prompts[2]]
-  want = generate(cfg, variables, pair, options)
+  want = generate(cfg, variables, prompts, _options("spd"))
   mesh = sharding.make_mesh({"data": 2, "expert": 2, "tensor": 2})
   placed = jax.device_put(variables, variable_shardings(cfg, mesh))
+  assert placed["params"]["moe_layers"]["layers"]["mlp"]["experts_gate"].sharding.spec[1] == "expert"
   with sharding.use_mesh(mesh):
-    got = generate(cfg, placed, pair, options)
+    got = generate(cfg, placed, prompts, _options("spd"))
   assert [_fields(r) for r in got] == [_fields(r) for r in want]
 
 
