@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     cfg, variables = load(name)
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, cfg.vocab_size - 8, args.prompt_length).tolist()
-    for mode in args.modes.split(","):
+    for mode in filter(None, args.modes.split(",")):
       options = DecodeOptions(mode=mode, block_length=args.block_length, gen_length=args.compare_gen_length)
       fast, compile_s, fast_s = compiled_run(cfg, variables, [prompt], options, args.repeats)
       slow, slow_s = eager_run(cfg, variables, [prompt], options, args.repeats)
