@@ -71,10 +71,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def _tokenizer(ckpt: str):
   """The checkpoint's tokenizer, or None when the directory has none."""
-  if not any(os.path.exists(os.path.join(ckpt, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
+  if not os.path.exists(os.path.join(ckpt, "tokenizer.json")):
     return None
-  from transformers import AutoTokenizer
-  return AutoTokenizer.from_pretrained(ckpt)
+  # Not AutoTokenizer: it would read config.json, whose auto_map asks to run the checkpoint's remote code.
+  from transformers import PreTrainedTokenizerFast
+  return PreTrainedTokenizerFast.from_pretrained(ckpt)
 
 
 def _parse_ids(text: str) -> list[int]:

@@ -135,3 +135,25 @@ def test_cli_threshold_matches_official_generate(capsys, tmp_path, fixture_dir, 
 def test_cli_rejects_bad_input(fixture_dir, argv, message):
   with pytest.raises(SystemExit, match=message):
     decode.main(["--ckpt", fixture_dir] + argv)
+
+
+def test_cli_chat_prompt_uses_the_checkpoint_tokenizer(capsys, tmp_path, fixture_dir):
+  from transformers import PreTrainedTokenizerFast
+
+  from dmax_jax.experiments.tiny_dmax import tokenizer as tiny_tokenizer
+  for name in ("config.json", "model.safetensors"):
+    os.symlink(os.path.join(fixture_dir, name), tmp_path / name)
+  letters = "abcdefghijklmnopqrstuvwxyz"
+  words = [a + b for a in letters for b in letters][:230]  # + 6 special + 20 digit pieces = the model's 256 ids
+  tiny_tokenizer.save_tokenizer(tiny_tokenizer.build_tokenizer(["".join(" " + w for w in words)]), str(tmp_path))
+  tok = PreTrainedTokenizerFast.from_pretrained(str(tmp_path))
+  assert len(tok) == 256
+  got, lines = _run_cli(capsys, tmp_path, str(tmp_path), [
+      "--prompt", "aa ab", "--block-length", "8", "--gen-length", "24", "--threshold", "0.5"])
+  prompt = tok.apply_chat_template([{"role": "user", "content": "aa ab"}], add_generation_prompt=True)
+  prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
+  want = generate(*load_model(str(tmp_path)), [prompt],
+                  DecodeOptions(block_length=8, gen_length=24, threshold=0.5, trace=True))[0]
+  assert got["ids"] == want.ids and got["nfe"] == want.nfe
+  assert got["text"] == tok.decode(want.ids, skip_special_tokens=True)
+  assert lines[0] == f"answer: {got['text']}"
