@@ -41,17 +41,7 @@ def test_oput_loss_flags_are_per_row(tiny_model, oput_case):
   """A batch mixing both flags gives each row's own loss (weighted by its label count)."""
   cfg, variables = tiny_model
   noisy, clean, labels = (jnp.concatenate([x, x]) for x in _inputs(oput_case))
-  loss = dmax_jax.oput_loss(cfg, variables, noisy, clean, labels, jnp.asarray([True, False]),
-                            oput_case["block_size"])
+  loss = jax.jit(dmax_jax.oput_loss, static_argnums=(0, 6))(cfg, variables, noisy, clean, labels,
+                                                            jnp.asarray([True, False]), oput_case["block_size"])
   expected = (oput_case["loss_onpolicy"] + oput_case["loss_without_onpolicy"]) / 2
   assert abs(float(loss) - expected) < 1e-4
-
-
-def test_oput_loss_gradients_are_finite_and_nonzero(tiny_model, oput_case):
-  cfg, variables = tiny_model
-  noisy, clean, labels = _inputs(oput_case)
-  grad = jax.grad(lambda p: dmax_jax.oput_loss(cfg, {"params": p, "buffers": variables["buffers"]},
-                                               noisy, clean, labels, jnp.asarray([True]), 8))(variables["params"])
-  leaves = jax.tree.leaves(grad)
-  assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
-  assert any(float(jnp.abs(g).max()) > 0 for g in leaves)

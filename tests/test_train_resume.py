@@ -42,9 +42,15 @@ def _assert_identical(a, b):
     np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
 
 
-def test_resume_equals_uninterrupted_run(tmp_path, fixture_dir):
-  full = trainer.run(load_run_config(TINY, _overrides(tmp_path / "full", fixture_dir)), progress=False,
-                     echo=lambda s: None)
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, fixture_dir):
+  """An uninterrupted 8-step run (checkpoints at 2, 4, 6, 8)."""
+  out = tmp_path_factory.mktemp("full")
+  return trainer.run(load_run_config(TINY, _overrides(out, fixture_dir)), progress=False, echo=lambda s: None)
+
+
+def test_resume_equals_uninterrupted_run(tmp_path, fixture_dir, full_run):
+  full = full_run
   assert full.status == "finished" and full.final_step == full.total_steps == 8
   crashed = tmp_path / "crashed" / "checkpoints"
   os.makedirs(crashed)
@@ -54,6 +60,22 @@ def test_resume_equals_uninterrupted_run(tmp_path, fixture_dir):
   assert (resumed.start_step, resumed.final_step) == (4, 8)
   assert resumed.last_metrics["loss"] == full.last_metrics["loss"]
   _assert_identical(_final_params(resumed.checkpoint_dir, 8), _final_params(full.checkpoint_dir, 8))
+
+
+def test_resume_onto_a_different_mesh(tmp_path, fixture_dir, full_run):
+  """Checkpoint written on fsdp=8, resumed on fsdp=2 x expert=2 x tensor=2: Orbax reshards onto the new
+  mesh and the run finishes like the uninterrupted one (float32 reduction-order tolerance)."""
+  full = full_run
+  moved = tmp_path / "moved" / "checkpoints"
+  os.makedirs(moved)
+  shutil.copytree(os.path.join(full.checkpoint_dir, "4"), moved / "4")
+  overrides = _overrides(tmp_path / "moved", fixture_dir) + ["mesh.fsdp=2", "mesh.expert=2", "mesh.tensor=2"]
+  resumed = trainer.run(load_run_config(TINY, overrides), progress=False, echo=lambda s: None)
+  assert (resumed.start_step, resumed.final_step) == (4, 8)
+  np.testing.assert_allclose(resumed.last_metrics["loss"], full.last_metrics["loss"], rtol=1e-5)
+  for x, y in zip(jax.tree.leaves(_final_params(resumed.checkpoint_dir, 8)),
+                  jax.tree.leaves(_final_params(full.checkpoint_dir, 8))):
+    np.testing.assert_allclose(x, y, atol=1e-4, rtol=0)
 
 
 def test_nonfinite_loss_stops_without_saving_the_bad_step(tmp_path, fixture_dir):
@@ -72,14 +94,20 @@ def test_nonfinite_loss_stops_without_saving_the_bad_step(tmp_path, fixture_dir)
   assert not [d for d in os.listdir(summary.checkpoint_dir) if d.isdigit()]
 
 
-def test_export_hf_at_the_end_loads_back(tmp_path, fixture_dir):
+def test_export_hf_at_the_end_loads_back(tmp_path, fixture_dir, full_run):
+  """Resuming the finished run with `train.export_hf` set only exports; the exported safetensors load
+  back to exactly the checkpointed params."""
   from dmax_jax import load_model
+  done = tmp_path / "done" / "checkpoints"
+  os.makedirs(done)
+  shutil.copytree(os.path.join(full_run.checkpoint_dir, "8"), done / "8")
   export = tmp_path / "hf"
-  overrides = _overrides(tmp_path / "run", fixture_dir) + ["train.max_steps=2", f"train.export_hf={export}"]
+  overrides = _overrides(tmp_path / "done", fixture_dir) + [f"train.export_hf={export}"]
   summary = trainer.run(load_run_config(TINY, overrides), progress=False, echo=lambda s: None)
-  assert summary.export_dir == str(export) and summary.final_step == 2
+  assert summary.export_dir == str(export) and summary.start_step == summary.final_step == 8
+  assert {"config.json", "model.safetensors"} <= set(os.listdir(export))
   _, variables = load_model(str(export))
-  _assert_identical(jax.device_get(variables["params"]), _final_params(summary.checkpoint_dir, 2))
+  _assert_identical(jax.device_get(variables["params"]), _final_params(full_run.checkpoint_dir, 8))
 
 
 def _train_cmd(out_dir, model_path):

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
@@ -100,18 +101,22 @@ def total_steps(cfg: RunConfig, num_rows: int) -> int:
   return steps
 
 
-def export_hf(directory: str, model_cfg: ModelConfig, source_config: str, params: dict, buffers: dict) -> None:
-  """Writes the trained variables as Hugging Face safetensors + config.json (single process)."""
+def export_hf(directory: str, model_cfg: ModelConfig, source: str, params: dict, buffers: dict) -> None:
+  """Writes the trained variables as Hugging Face safetensors, plus config.json (and tokenizer files)
+  of the `source` checkpoint dir or config file (single process)."""
+  from dmax_jax.checkpoint.converted import copy_aux_files
   from dmax_jax.checkpoint.convert import staged_directory
   from dmax_jax.checkpoint.hf_export import export_hf_weights
   from dmax_jax.checkpoint.hf_import import variable_paths
   flat = variable_paths({"params": params, "buffers": buffers})
-  param_dtype = np.dtype(model_cfg.param_dtype)
+  param_dtype = jnp.dtype(model_cfg.param_dtype)
   with staged_directory(directory, overwrite=True) as staging:
     export_hf_weights(staging, model_cfg, lambda p, i: np.asarray(flat[p][i]),
                       lambda p: np.float32 if p.startswith("buffers/") else param_dtype)
-    config_json = source_config if source_config.endswith(".json") else os.path.join(source_config, "config.json")
-    shutil.copyfile(config_json, os.path.join(staging, "config.json"))
+    if os.path.isdir(source):
+      copy_aux_files(source, staging)
+    else:
+      shutil.copyfile(source, os.path.join(staging, "config.json"))
 
 
 def run(cfg: RunConfig, progress: bool = True, echo: Callable[[str], None] = print) -> RunSummary:
