@@ -171,6 +171,8 @@ def make_dataset(data_cfg, *, rows_per_process: int, epochs: int, eos_id: int, m
                                                prefetch_buffer_size=data_cfg.prefetch))
   it_ds = it_ds.batch(rows_per_process, drop_remainder=True)
   if data_cfg.worker_processes:
+    from absl import flags
+    flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags (google/grain#1355)
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.worker_processes))
   return it_ds
 
