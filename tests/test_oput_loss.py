@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import dmax_jax
-from dmax_jax.training.loss import block_diffusion_mask
+from dmax_jax.training.loss import block_diffusion_mask, oput_loss_terms
 
 
 @pytest.fixture(scope="module")
@@ -45,3 +45,13 @@ def test_oput_loss_flags_are_per_row(tiny_model, oput_case):
                                                             jnp.asarray([True, False]), oput_case["block_size"])
   expected = (oput_case["loss_onpolicy"] + oput_case["loss_without_onpolicy"]) / 2
   assert abs(float(loss) - expected) < 1e-4
+
+
+def test_rollout_switch_off_gives_plain_masked_diffusion_loss(tiny_model, oput_case):
+  """`on_policy=False` ignores the flags: the SFT ablation equals `loss_without_onpolicy`."""
+  cfg, variables = tiny_model
+  noisy, clean, labels = _inputs(oput_case)
+  terms = jax.jit(oput_loss_terms, static_argnums=(0, 6, 7))
+  total, count = terms(cfg, variables, noisy, clean, labels, jnp.asarray([True]), oput_case["block_size"], False)
+  assert int(count) == oput_case["num_label_positions"]
+  assert abs(float(total / count) - oput_case["loss_without_onpolicy"]) < 1e-4

@@ -44,11 +44,12 @@ def _noisy_half_logits(config: ModelConfig, variables: Any, input_ids_Bx2L, bias
 
 
 def oput_loss_terms(config: ModelConfig, variables: Any, noisy_ids_BxL, clean_ids_BxL, labels_BxL,
-                    flags_B, block_size: int) -> tuple[jax.Array, jax.Array]:
+                    flags_B, block_size: int, on_policy: bool = True) -> tuple[jax.Array, jax.Array]:
   """`(sum of token cross-entropies, number of label tokens)`, both float32 scalars.
 
   Kept as a sum so that gradient accumulation over micro-batches averages over all label tokens of
-  the global batch, not over micro-batch means.
+  the global batch, not over micro-batch means. `on_policy=False` (static) drops the rollout from the
+  program: plain masked-diffusion SFT whatever the flags.
   """
   seq_len = noisy_ids_BxL.shape[1]
   bias = mask_to_bias(block_diffusion_mask(seq_len, block_size), 1, 2 * seq_len, 2 * seq_len)
@@ -62,7 +63,7 @@ def oput_loss_terms(config: ModelConfig, variables: Any, noisy_ids_BxL, clean_id
 
   flags_B = jnp.asarray(flags_B, bool)
   # Rows without the flag keep their masked input; skip the rollout when no row needs it.
-  policy_ids = jax.lax.cond(jnp.any(flags_B), rollout, lambda: noisy_ids_BxL)
+  policy_ids = jax.lax.cond(jnp.any(flags_B), rollout, lambda: noisy_ids_BxL) if on_policy else noisy_ids_BxL
   logits = _noisy_half_logits(config, variables, jnp.concatenate([policy_ids, clean_ids_BxL], 1), bias)
   valid = labels_BxL != IGNORE_INDEX
   targets = jnp.where(valid, labels_BxL, 0)

@@ -72,9 +72,8 @@ def train_step_fn(cfg: ModelConfig, tx: optax.GradientTransformation, schedule: 
     buffers = state["buffers"]
 
     def token_loss_sum(params, mb):
-      flags = mb["flags"] & on_policy
       return oput_loss_terms(cfg, {"params": params, "buffers": buffers}, mb["noisy_ids"], mb["clean_ids"],
-                             mb["labels"], flags, block_size)
+                             mb["labels"], mb["flags"], block_size, on_policy)
 
     def accumulate(carry, mb):
       grad_sum, loss_sum, count = carry
