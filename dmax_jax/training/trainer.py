@@ -8,7 +8,6 @@ so a NaN/Inf stops the run with the last good checkpoint intact.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import os
 import shutil
@@ -31,7 +30,6 @@ from dmax_jax.training.metrics import MetricsWriter
 from dmax_jax.training.run_config import RunConfig
 from dmax_jax.training.step import global_batch, init_state, make_train_step
 
-log = logging.getLogger(__name__)
 
 
 class NonFiniteLoss(RuntimeError):
