@@ -125,6 +125,9 @@ def test_tokenizer_round_trip_and_small_vocab(tok):
       enc = tok.encode(text)
       assert tokenizer.UNK_TOKEN not in enc.tokens
       assert tok.decode(enc.ids) == text
+  harder = task.TaskConfig(**task.HARDER)  # same templates, larger numbers: same vocabulary
+  for p in task.generate_split("test", 100, seed=5, cfg=harder):
+    assert tokenizer.UNK_TOKEN not in tok.encode(p.prompt + " " + task.solution_for(p, cfg=harder)).tokens
   digits = tok.encode("The answer is 105.").tokens
   assert digits[-4:] == [" 1", "0", "5", "."]
 
