@@ -71,6 +71,9 @@ def test_chat_rows_use_the_chat_template(tmp_path):
   tok = tiny_tok.build_tokenizer(["how many apples ?", " there are 4 apples ."])
   tiny_tok.save_tokenizer(tok, str(tmp_path))
   hf = AutoTokenizer.from_pretrained(str(tmp_path))
+  # A checkpoint dir whose config.json points at remote code (as LLaDA2.0-mini's) must still work.
+  (tmp_path / "config.json").write_text(json.dumps({"model_type": "llada2_moe",
+                                                    "auto_map": {"AutoConfig": "configuration_llada2_moe.X"}}))
   eos = hf.convert_tokens_to_ids(tiny_tok.EOS_TOKEN)
   ex = _example(max_seq_len=32, eos_id=eos, tokenizer=str(tmp_path), noise_low=0.0, noise_high=0.0)
   messages = [{"role": "user", "content": "how many apples ?"},

@@ -95,8 +95,9 @@ class OputExample:
         isinstance(m, dict) and isinstance(m.get("content"), str) and "role" in m for m in messages):
       raise BadRow("messages must be a list of >= 2 {role, content} dicts")
     if self._tokenizer is None:
-      from transformers import AutoTokenizer
-      self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
+      # Not AutoTokenizer: it reads config.json, whose auto_map asks to run the checkpoint's remote code.
+      from transformers import PreTrainedTokenizerFast
+      self._tokenizer = PreTrainedTokenizerFast.from_pretrained(self.tokenizer_path)
     tok = self._tokenizer
     as_ids = lambda x: list(x["input_ids"] if hasattr(x, "keys") else x)
     prompt = as_ids(tok.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True))
