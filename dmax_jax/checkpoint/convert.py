@@ -106,10 +106,10 @@ def hf_to_jax(src: str, dst: str, dtype: Any = None, overwrite: bool = False,
   return Summary(ckpt.num_tensors, ckpt.num_bytes, time.perf_counter() - start)
 
 
-def _write_hf_config(src: str, dst: str, param_dtype: str) -> None:
-  """Copies `src`/config.json verbatim, unless its dtype field differs from `param_dtype`: then only
-  that field is updated."""
-  with open(os.path.join(src, "config.json")) as f:
+def _write_hf_config(config_path: str, dst: str, param_dtype: str) -> None:
+  """Copies the config.json at `config_path` verbatim, unless its dtype field differs from
+  `param_dtype`: then only that field is updated."""
+  with open(config_path) as f:
     text = f.read()
   hf = json.loads(text)
   keys = [k for k in ("torch_dtype", "dtype") if k in hf and hf[k] != param_dtype]
@@ -122,7 +122,8 @@ def _write_hf_config(src: str, dst: str, param_dtype: str) -> None:
 
 def _write_hf(dst: str, cfg: ModelConfig, read: ReadSlice, source: str, param_dtype: str, buffer_dtype: str,
               merged_experts: bool, shard_size: str | int, overwrite: bool, progress: bool) -> Summary:
-  """Safetensors from `read` + config.json and tokenizer files from the folder `source`, staged."""
+  """Safetensors from `read` + config.json (and tokenizer files) of `source`, staged. `source` is a
+  checkpoint folder, or a bare config.json (e.g. of a randomly initialised model)."""
   start = time.perf_counter()
 
   def dtypes(path: str) -> str:
@@ -133,8 +134,10 @@ def _write_hf(dst: str, cfg: ModelConfig, read: ReadSlice, source: str, param_dt
       tqdm(total=total, desc="jax-to-hf", unit="tensor", disable=not progress) as bar:
     count, nbytes = export_hf_weights(staging, cfg, read, dtypes, merged_experts, parse_size(shard_size),
                                       on_tensor=lambda *_: bar.update())
-    converted.copy_aux_files(source, staging)
-    _write_hf_config(source, staging, param_dtype)
+    if os.path.isdir(source):
+      converted.copy_aux_files(source, staging)
+    config_path = os.path.join(source, "config.json") if os.path.isdir(source) else source
+    _write_hf_config(config_path, staging, param_dtype)
   return Summary(count, nbytes, time.perf_counter() - start)
 
 
@@ -165,7 +168,7 @@ def variables_to_hf(variables: dict, cfg: ModelConfig, dst: str, source: str, me
 
   Args:
     source: folder whose config.json (kept verbatim apart from its dtype field) and tokenizer files
-      are copied: the Hugging Face or converted checkpoint the variables came from.
+      are copied: the Hugging Face or converted checkpoint the variables came from; or a config.json.
     dtype: parameter dtype of the output (default: `cfg.param_dtype`); expert_bias is float32.
   """
   flat = variable_paths(variables)

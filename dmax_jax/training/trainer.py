@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import shutil
 import time
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
-import numpy as np
 from tqdm import tqdm
 
 from dmax_jax import sharding
+from dmax_jax.checkpoint.convert import variables_to_hf
 from dmax_jax.config import ConfigError, ModelConfig
 from dmax_jax.loading import load_model
 from dmax_jax.model import init_variables, variable_shardings
@@ -97,24 +94,6 @@ def total_steps(cfg: RunConfig, num_rows: int) -> int:
     raise ConfigError(f"{cfg.data.train_path} has {num_rows} rows, fewer than one global batch "
                       f"({cfg.train.global_batch_size})")
   return steps
-
-
-def export_hf(directory: str, model_cfg: ModelConfig, source: str, params: dict, buffers: dict) -> None:
-  """Writes the trained variables as Hugging Face safetensors, plus config.json (and tokenizer files)
-  of the `source` checkpoint dir or config file (single process)."""
-  from dmax_jax.checkpoint.converted import copy_aux_files
-  from dmax_jax.checkpoint.convert import staged_directory
-  from dmax_jax.checkpoint.hf_export import export_hf_weights
-  from dmax_jax.checkpoint.hf_import import variable_paths
-  flat = variable_paths({"params": params, "buffers": buffers})
-  param_dtype = jnp.dtype(model_cfg.param_dtype)
-  with staged_directory(directory, overwrite=True) as staging:
-    export_hf_weights(staging, model_cfg, lambda p, i: np.asarray(flat[p][i]),
-                      lambda p: np.float32 if p.startswith("buffers/") else param_dtype)
-    if os.path.isdir(source):
-      copy_aux_files(source, staging)
-    else:
-      shutil.copyfile(source, os.path.join(staging, "config.json"))
 
 
 def run(cfg: RunConfig, progress: bool = True, echo: Callable[[str], None] = print) -> RunSummary:
@@ -206,8 +185,8 @@ def run(cfg: RunConfig, progress: bool = True, echo: Callable[[str], None] = pri
       writer.close()
   export_dir = None
   if status == "finished" and cfg.train.export_hf:
-    export_hf(cfg.train.export_hf, model_cfg, cfg.model.path or cfg.model.config, state["params"],
-              state["buffers"])
+    variables_to_hf({"params": state["params"], "buffers": state["buffers"]}, model_cfg,
+                    cfg.train.export_hf, cfg.model.path or cfg.model.config, overwrite=True)
     export_dir = cfg.train.export_hf
     if is_main:
       echo(f"exported Hugging Face safetensors to {export_dir}")
