@@ -27,7 +27,7 @@ def _load_hf(path: str, cfg: ModelConfig, dtype: Any, mesh: Mesh | None) -> tupl
 
 
 def load_model(path: str, dtype: Any = None, mesh: Mesh | None = None,
-               **runtime: Any) -> tuple[ModelConfig, dict]:
+               compute_dtype: Any = None, **runtime: Any) -> tuple[ModelConfig, dict]:
   """Loads a model checkpoint.
 
   Args:
@@ -38,12 +38,15 @@ def load_model(path: str, dtype: Any = None, mesh: Mesh | None = None,
       router's `expert_bias` buffer always stays float32.
     mesh: when given, every variable is created directly with its `NamedSharding` from the logical
       axis rules (`dmax_jax.sharding`); otherwise everything lives on the first device.
-    **runtime: run-time `ModelConfig` fields (`dtype`, `remat_policy`, `moe_impl`, ...).
+    compute_dtype: the matmul dtype (`ModelConfig.dtype`); default float32.
+    **runtime: other run-time `ModelConfig` fields (`remat_policy`, `moe_impl`, ...).
 
   Returns:
     `(config, variables)`, variables = `{"params": ..., "buffers": ...}` of `jax.Array`s, ready for
     `dmax_jax.forward(config, variables, ...)`.
   """
+  if compute_dtype is not None:
+    runtime["dtype"] = dtype_name(compute_dtype)
   cfg = ModelConfig.from_json(path, **runtime)
   if not converted.is_converted(path):
     return _load_hf(path, cfg, dtype, mesh)

@@ -106,3 +106,10 @@ def test_hf_region_reads_only_what_it_needs(fixture_dir, monkeypatch):
   region = (slice(1, 2), slice(2, 6), slice(None), slice(8, 24))
   np.testing.assert_array_equal(ckpt.read(path, region=region), full[1:2, 2:6, :, 8:24])
   assert sorted(read) == [f"model.layers.2.mlp.experts.{e}.up_proj.weight" for e in range(2, 6)]
+
+
+def test_compute_dtype_is_separate_from_the_parameter_dtype(fixture_dir):
+  from dmax_jax import load_model
+  cfg, variables = load_model(fixture_dir, dtype="float32", compute_dtype="bfloat16", moe_impl="tiled")
+  assert (cfg.param_dtype, cfg.dtype, cfg.moe_impl) == ("float32", "bfloat16", "tiled")
+  assert variables["params"]["lm_head"].dtype == np.float32
