@@ -36,7 +36,7 @@ class PipelineConfig:
   block_length: int = 32
   gen_length: int = 96           # covers the longest answer (87 tokens with EOS)
   # Base model: masked-diffusion SFT, one fresh problem per row.
-  base_steps: int = 1500
+  base_steps: int = 2000
   base_batch: int = 32
   base_lr: float = 2e-3
   base_noise: tuple[float, float] = (0.05, 1.0)
@@ -50,7 +50,7 @@ class PipelineConfig:
   dmax_lr: float = 5e-4
   dmax_noise: tuple[float, float] = (0.75, 0.75)
   # Evaluation.
-  test_problems: int = 300
+  test_problems: int = 200
   decode_batch: int = 50
   threshold_grid: tuple[float, ...] = (0.95, 0.9, 0.8, 0.7, 0.5, 0.3, 0.1, 0.0)
   spd_grid: tuple[float, ...] = (0.9, 0.8, 0.7, 0.5, 0.3, 0.1, 0.0)
