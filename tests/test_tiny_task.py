@@ -128,8 +128,20 @@ def test_tokenizer_round_trip_and_small_vocab(tok):
   harder = task.TaskConfig(**task.HARDER)  # same templates, larger numbers: same vocabulary
   for p in task.generate_split("test", 100, seed=5, cfg=harder):
     assert tokenizer.UNK_TOKEN not in tok.encode(p.prompt + " " + task.solution_for(p, cfg=harder)).tokens
-  digits = tok.encode("The answer is 105.").tokens
-  assert digits[-4:] == [" 1", "0", "5", "."]
+  assert tok.encode("8 + 14 = 22, so 99 is 0.").tokens == ["8", " +", " 14", " =", " 22", ",", " so", " 99", " is", " 0", "."]
+  assert tok.encode("The answer is 105.").tokens[-3:] == [" 10", "5", "."]  # past 99: chunks, still exact
+  assert tok.decode(tok.encode("Mia has 1005 pens, so 07.").ids) == "Mia has 1005 pens, so 07."
+
+
+def test_tokenizer_digit_by_digit_option():
+  digits = tokenizer.build_tokenizer(number_chunk=1)
+  assert digits.encode("The answer is 105.").tokens[-4:] == [" 1", "0", "5", "."]
+  p = task.generate_split("test", 1)[0]
+  text = p.prompt + " " + task.solution_for(p)
+  assert digits.decode(digits.encode(text).ids) == text
+  assert digits.get_vocab_size() < tokenizer.build_tokenizer().get_vocab_size()
+  with pytest.raises(ValueError):
+    tokenizer.build_tokenizer(number_chunk=0)
 
 
 def test_tokenizer_special_ids(tok):

@@ -23,7 +23,7 @@ def test_tiny_model_config_round_trips_and_has_the_architecture(tok, tmp_path):
   assert cfg.num_dense_layers == 1 and cfg.num_moe_layers >= 2
   assert (cfg.n_group, cfg.topk_group, cfg.num_experts_per_tok) == (4, 2, 2)
   assert cfg.rotary_dim < cfg.head_dim and cfg.use_qk_norm
-  # Hand count of the default (hidden 128, 4 layers, 16 experts of width 64, vocab 144).
+  # Hand count of the default (hidden 128, 4 layers, 16 experts of width 64, vocab 352).
   h, v = 128, cfg.vocab_size
   attn = h * (4 + 2 + 2) * 32 + 4 * 32 * h + 2 * 32 + 2 * h
   dense = attn + 3 * h * 384

@@ -32,9 +32,9 @@ BASE, DMAX = "base", "DMax-tiny"
 class PipelineConfig:
   run_dir: str = "runs/tiny_dmax"
   seed: int = 0
-  max_seq_len: int = 128         # training rows (prompt + answer + EOS); longer problems (~0.3%) are not used
+  max_seq_len: int = 128         # training rows (prompt + answer + EOS; at most 119 tokens with the default task)
   block_length: int = 32
-  gen_length: int = 96           # covers the longest answer (87 tokens with EOS)
+  gen_length: int = 96           # covers the longest answer (76 tokens with EOS)
   # Base model: masked-diffusion SFT, one fresh problem per row.
   base_steps: int = 2000
   base_batch: int = 32

@@ -1,9 +1,12 @@
 """A word-level tokenizer for the tiny task, built with `tokenizers` and saved for `transformers.AutoTokenizer`.
 
-Pieces are words, single digits and punctuation marks, each with its leading space attached
-(" apples", " 4", "2", "."), so numbers are spelled digit by digit and `decode(encode(text)) == text`
-exactly (the decoder concatenates pieces). The vocabulary is the special tokens followed by every
-piece the task can produce, sorted: a few hundred entries. As in LLaDA2, padding is the EOS token.
+Pieces are words, numbers and punctuation marks, each with its leading space attached (" apples",
+" 16", "2", "."), and `decode(encode(text)) == text` exactly (the decoder concatenates pieces). Numbers
+are cut into chunks of up to `number_chunk` digits (default 2: every number 0..99 of the task is one
+token, so `8 + 14 = 22` is a lookup of one two-argument fact; larger numbers split, e.g. " 10" "5"; 1
+spells them digit by digit). The vocabulary is the special tokens followed by every piece the task can
+produce and every digit string of up to `number_chunk` digits, sorted: a few hundred entries. As in
+LLaDA2, padding is the EOS token.
 
 Chat format: `<|user|>{question}<|assistant|>{answer}<|endoftext|>`; with `add_generation_prompt=True`
 the prompt ends with `<|assistant|>`, so a rendered prompt is a prefix of the rendered conversation.
@@ -29,7 +32,7 @@ USER_TOKEN = "<|user|>"
 ASSISTANT_TOKEN = "<|assistant|>"
 SPECIAL_TOKENS = (EOS_TOKEN, MASK_TOKEN, UNK_TOKEN, SYSTEM_TOKEN, USER_TOKEN, ASSISTANT_TOKEN)
 
-_PIECE_PATTERN = r" ?[A-Za-z]+| ?[0-9]| ?[^A-Za-z0-9 ]"
+NUMBER_CHUNK = 2
 
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
@@ -43,8 +46,9 @@ CHAT_TEMPLATE = (
 )
 
 
-def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
-  return pre_tokenizers.Split(Regex(_PIECE_PATTERN), behavior="isolated")
+def _pre_tokenizer(number_chunk: int) -> pre_tokenizers.PreTokenizer:
+  pattern = r" ?[A-Za-z]+| ?[0-9]{1,%d}| ?[^A-Za-z0-9 ]" % number_chunk
+  return pre_tokenizers.Split(Regex(pattern), behavior="isolated")
 
 
 def task_corpus(seed: int = 0, n_problems: int = 3000, cfg: task.TaskConfig = task.TaskConfig()) -> Iterable[str]:
@@ -60,11 +64,14 @@ def task_corpus(seed: int = 0, n_problems: int = 3000, cfg: task.TaskConfig = ta
         pass
 
 
-def build_tokenizer(texts: Iterable[str] | None = None) -> Tokenizer:
+def build_tokenizer(texts: Iterable[str] | None = None, number_chunk: int = NUMBER_CHUNK) -> Tokenizer:
   """A WordLevel tokenizer whose vocabulary is SPECIAL_TOKENS + every piece of `texts` (default: the task
-  corpus) + every digit with and without a leading space, sorted."""
-  pre = _pre_tokenizer()
-  pieces = {d for i in range(10) for d in (str(i), f" {i}")}
+  corpus) + every string of 1..`number_chunk` digits with and without a leading space, sorted."""
+  if not 1 <= number_chunk <= 3:
+    raise ValueError(f"number_chunk must be 1, 2 or 3, got {number_chunk}")
+  pre = _pre_tokenizer(number_chunk)
+  digit_strings = [str(i).zfill(n) for n in range(1, number_chunk + 1) for i in range(10 ** n)]
+  pieces = {d for s in digit_strings for d in (s, " " + s)}
   for text in (task_corpus() if texts is None else texts):
     pieces.update(piece for piece, _ in pre.pre_tokenize_str(text))
   vocab = {tok: i for i, tok in enumerate(list(SPECIAL_TOKENS) + sorted(pieces))}
