@@ -145,7 +145,9 @@ def test_cli_chat_prompt_uses_the_checkpoint_tokenizer(capsys, tmp_path, fixture
     os.symlink(os.path.join(fixture_dir, name), tmp_path / name)
   letters = "abcdefghijklmnopqrstuvwxyz"
   words = [a + b for a in letters for b in letters][:230]  # + 6 special + 20 digit pieces = the model's 256 ids
-  tiny_tokenizer.save_tokenizer(tiny_tokenizer.build_tokenizer(["".join(" " + w for w in words)]), str(tmp_path))
+  # Digit-by-digit numbers (number_chunk=1) keep the vocabulary at the fixture model's size.
+  tok_built = tiny_tokenizer.build_tokenizer(["".join(" " + w for w in words)], number_chunk=1)
+  tiny_tokenizer.save_tokenizer(tok_built, str(tmp_path))
   tok = PreTrainedTokenizerFast.from_pretrained(str(tmp_path))
   assert len(tok) == 256
   got, lines = _run_cli(capsys, tmp_path, str(tmp_path), [
