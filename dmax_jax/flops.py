@@ -59,11 +59,11 @@ def active_matmul_parameter_count(cfg: ModelConfig) -> int:
 
 def _dot_general_flops(eqn) -> int:
   lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
-  (lc, rc), (lb, _) = eqn.params["dimension_numbers"]
+  (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
   batch = math.prod(lhs[i] for i in lb)
   contract = math.prod(lhs[i] for i in lc)
   lhs_free = math.prod(s for i, s in enumerate(lhs) if i not in lc and i not in lb)
-  rhs_free = math.prod(s for i, s in enumerate(rhs) if i not in rc and i not in eqn.params["dimension_numbers"][1][1])
+  rhs_free = math.prod(s for i, s in enumerate(rhs) if i not in rc and i not in rb)
   return 2 * batch * lhs_free * rhs_free * contract
 
 

@@ -142,7 +142,7 @@ def _refine(cfg: ModelConfig, st: _Static, variables, k: _Knobs, blk: _Block, lo
     hard = _embed(cfg, variables, x_new)
     soft = active_BxT & (x_new != mask_id)
     reset = jnp.ones_like(soft) if first else (~soft & changed)
-    emb = rules.soft_embeddings(blk.emb, hard, soft, reset, p, hard, k.mask_emb)
+    emb = rules.soft_embeddings(blk.emb, hard, soft, reset, p, k.mask_emb)
   else:
     x_new, decoded = rules.threshold_select(blk.x, x0, p, k.threshold, k.quota[blk.step], mask_id)
     changed = decoded & (x0 != blk.x)

@@ -5,23 +5,14 @@ Everything is batched over rows `[batch, block]`; a row's decision never looks a
 
 from __future__ import annotations
 
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-# Why an SPD block ended (`StepInfo.stop`); threshold decoding reports BLOCK_DONE.
+# Why an SPD block ended (per-row stop codes); threshold decoding reports BLOCK_DONE.
 NOT_STOPPED, ALL_ACTIVE_CONFIDENT, NO_CHANGE, MAX_STEPS, BLOCK_DONE = 0, 1, 2, 3, 4
 STOP_REASONS = {ALL_ACTIVE_CONFIDENT: "all_active_confident", NO_CHANGE: "no_change",
                 MAX_STEPS: "max_steps", BLOCK_DONE: "block_done"}
-
-
-class StepInfo(NamedTuple):
-  """What one step did: decoded `[batch, block]` (mask positions filled), changed `[batch, block]`,
-  stop `[batch]` (a stop code above)."""
-  decoded: jax.Array
-  changed: jax.Array
-  stop: jax.Array
 
 
 def pick_tokens(logits_BxTxV: jax.Array, temperature, noise_key_B: jax.Array | None):
@@ -48,7 +39,7 @@ def _leftmost(mask_BxT: jax.Array) -> jax.Array:
 
 
 def spd_select(x_BxT, active_BxT, x0_BxT, p_BxT, threshold, mask_id):
-  """SPD token update: `(new tokens, StepInfo without stop)`.
+  """SPD token update: `(new tokens [batch, block], decoded [batch, block], changed [batch, block])`.
 
   Masked positions left of the first masked position with p < threshold are decoded (at least the
   leftmost masked one); every already-decoded active position is re-predicted (self-revision).
@@ -70,12 +61,13 @@ def spd_stop(active_BxT, p_BxT, changed_BxT, step, max_steps, converge_threshold
                              jnp.where(step >= max_steps, MAX_STEPS, NOT_STOPPED))).astype(jnp.int32)
 
 
-def soft_embeddings(prev_BxTxH, hard_BxTxH, soft_BxT, reset_BxT, p_BxT, x0_emb_BxTxH, mask_emb_H):
+def soft_embeddings(prev_BxTxH, hard_BxTxH, soft_BxT, reset_BxT, p_BxT, mask_emb_H):
   """Next SPD block input: soft positions get p·E[x0] + (1-p)·E[mask] rescaled to the interpolated
-  norm; `reset` positions get their hard embedding; the rest keep `prev`. Float32 `[batch, block, hidden]`."""
+  norm (a soft position holds x0 after the update, so its hard embedding is E[x0]); `reset` positions
+  get their hard embedding; the rest keep `prev`. Float32 `[batch, block, hidden]`."""
   p = p_BxT[..., None]
-  mixed = p * x0_emb_BxTxH + (1 - p) * mask_emb_H
-  target_norm = p * jnp.linalg.norm(x0_emb_BxTxH, axis=-1, keepdims=True) + (1 - p) * jnp.linalg.norm(mask_emb_H)
+  mixed = p * hard_BxTxH + (1 - p) * mask_emb_H
+  target_norm = p * jnp.linalg.norm(hard_BxTxH, axis=-1, keepdims=True) + (1 - p) * jnp.linalg.norm(mask_emb_H)
   mixed = mixed * target_norm / (jnp.linalg.norm(mixed, axis=-1, keepdims=True) + 1e-6)
   base = jnp.where(reset_BxT[..., None], hard_BxTxH, prev_BxTxH)
   return jnp.where(soft_BxT[..., None], mixed, base)
