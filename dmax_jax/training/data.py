@@ -19,6 +19,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from dmax_jax.tokenization import chat_ids, load_tokenizer
 from dmax_jax.training.loss import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -95,13 +96,11 @@ class OputExample:
         isinstance(m, dict) and isinstance(m.get("content"), str) and "role" in m for m in messages):
       raise BadRow("messages must be a list of >= 2 {role, content} dicts")
     if self._tokenizer is None:
-      # Not AutoTokenizer: it reads config.json, whose auto_map asks to run the checkpoint's remote code.
-      from transformers import PreTrainedTokenizerFast
-      self._tokenizer = PreTrainedTokenizerFast.from_pretrained(self.tokenizer_path)
-    tok = self._tokenizer
-    as_ids = lambda x: list(x["input_ids"] if hasattr(x, "keys") else x)
-    prompt = as_ids(tok.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True))
-    full = as_ids(tok.apply_chat_template(messages, tokenize=True))
+      self._tokenizer = load_tokenizer(self.tokenizer_path)
+      if self._tokenizer is None:
+        raise ValueError(f"data.tokenizer: {self.tokenizer_path} has no tokenizer.json")
+    prompt = chat_ids(self._tokenizer, messages[:-1], add_generation_prompt=True)
+    full = chat_ids(self._tokenizer, messages)
     if full[:len(prompt)] != prompt:
       raise BadRow("the chat template of the prompt is not a prefix of the full conversation")
     return full, len(prompt)
