@@ -23,10 +23,12 @@ def test_tiny_model_config_round_trips_and_has_the_architecture(tok, tmp_path):
   assert cfg.num_dense_layers == 1 and cfg.num_moe_layers >= 2
   assert (cfg.n_group, cfg.topk_group, cfg.num_experts_per_tok) == (4, 2, 2)
   assert cfg.rotary_dim < cfg.head_dim and cfg.use_qk_norm
-  # Hand count of the default (hidden 128, 4 layers, 16 experts of width 64, vocab 352).
-  h, v = 128, cfg.vocab_size
-  attn = h * (4 + 2 + 2) * 32 + 4 * 32 * h + 2 * 32 + 2 * h
-  dense = attn + 3 * h * 384
+  # Hand count of the default (hidden 192, 4 layers: 1 dense of width 512, 3 MoE with 16 experts of width 64;
+  # 4 query / 2 KV heads of dim 48; vocab 352).
+  assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.head_dim, cfg.vocab_size) == (192, 4, 48, 352)
+  h, d, v = 192, 48, 352
+  attn = h * (4 + 2 + 2) * d + 4 * d * h + 2 * d + 2 * h
+  dense = attn + 3 * h * 512
   moe = attn + 16 * h + 16 * 3 * h * 64 + 3 * h * 64
   expected_total = 2 * v * h + dense + 3 * moe + h
   counts = model_config.parameter_summary(cfg)

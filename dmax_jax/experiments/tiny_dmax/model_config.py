@@ -45,9 +45,9 @@ _HF_CONSTANTS = {
 
 
 def tiny_model_config(vocab_size: int, eos_token_id: int, mask_token_id: int, pad_token_id: int | None = None, *,
-                      hidden_size: int = 128, num_hidden_layers: int = 4, num_experts: int = 16,
-                      moe_intermediate_size: int = 64, intermediate_size: int = 384,
-                      max_position_embeddings: int = 256, **runtime: Any) -> ModelConfig:
+                      hidden_size: int = 192, num_hidden_layers: int = 4, num_experts: int = 16,
+                      moe_intermediate_size: int = 64, intermediate_size: int = 512,
+                      max_position_embeddings: int = 512, **runtime: Any) -> ModelConfig:
   """The tiny architecture: layer 0 dense (SwiGLU of `intermediate_size`), layers 1.. MoE with
   `num_experts` routed experts in 4 groups (top-2 groups, top-2 experts) plus one shared expert;
   4 query / 2 KV heads of dim hidden/4, RoPE on half of each head, QK-norm.

@@ -32,25 +32,26 @@ BASE, DMAX = "base", "DMax-tiny"
 class PipelineConfig:
   run_dir: str = "runs/tiny_dmax"
   seed: int = 0
-  max_seq_len: int = 128         # training rows (prompt + answer + EOS; at most 119 tokens with the default task)
+  max_seq_len: int = 96          # training rows (prompt + answer + EOS; at most 87 tokens with the default task)
   block_length: int = 32
-  gen_length: int = 96           # covers the longest answer (76 tokens with EOS)
+  gen_length: int = 64           # covers the longest answer (53 tokens with EOS)
   # Base model: masked-diffusion SFT, one fresh problem per row.
-  base_steps: int = 2000
+  base_steps: int = 2700
   base_batch: int = 32
   base_lr: float = 2e-3
   base_noise: tuple[float, float] = (0.05, 1.0)
-  # Trajectories: the base model decodes this many training prompts.
-  trajectory_prompts: int = 2000
+  # Trajectories: the base model decodes this many training prompts; by default only its correct answers
+  # are kept (rejection sampling: the model's own wording and step order, without its arithmetic slips).
+  trajectory_prompts: int = 8000
   trajectory_threshold: float = 0.9
-  trajectory_correct_only: bool = False
+  trajectory_correct_only: bool = True
   # DMax: OPUT fine-tune.
-  dmax_steps: int = 600
+  dmax_steps: int = 1600
   dmax_batch: int = 32
   dmax_lr: float = 5e-4
-  dmax_noise: tuple[float, float] = (0.75, 0.75)
+  dmax_noise: tuple[float, float] = (0.5, 1.0)
   # Evaluation.
-  test_problems: int = 200
+  test_problems: int = 500
   decode_batch: int = 50
   threshold_grid: tuple[float, ...] = (0.95, 0.9, 0.8, 0.7, 0.5, 0.3, 0.1, 0.0)
   spd_grid: tuple[float, ...] = (0.9, 0.8, 0.7, 0.5, 0.3, 0.1, 0.0)
@@ -60,9 +61,10 @@ class PipelineConfig:
     return os.path.join(self.run_dir, *parts)
 
 
-SMOKE = dict(run_dir="runs/tiny_dmax_smoke", base_steps=2, base_batch=8, trajectory_prompts=8, dmax_steps=2,
-             dmax_batch=8, test_problems=8, decode_batch=8, gen_length=64, threshold_grid=(0.9, 0.0),
-             spd_grid=(0.9, 0.0), checkpoint_every=2)
+# trajectory_correct_only=False: a 2-step base model solves nothing.
+SMOKE = dict(run_dir="runs/tiny_dmax_smoke", base_steps=2, base_batch=8, trajectory_prompts=8,
+             trajectory_correct_only=False, dmax_steps=2, dmax_batch=8, test_problems=8, decode_batch=8,
+             threshold_grid=(0.9, 0.0), spd_grid=(0.9, 0.0), checkpoint_every=2)
 
 
 # ---- stages ---------------------------------------------------------------------------------------
@@ -72,7 +74,7 @@ def prepare(pc: PipelineConfig) -> dict[str, Any]:
   tok = tokenizer.build_tokenizer()
   tokenizer.save_tokenizer(tok, pc.path("tokenizer"), model_max_length=pc.max_seq_len + pc.gen_length)
   cfg = model_config.tiny_model_config(tok.get_vocab_size(), **tokenizer.special_ids(tok),
-                                       max_position_embeddings=max(256, pc.max_seq_len + pc.gen_length))
+                                       max_position_embeddings=max(512, pc.max_seq_len + pc.gen_length))
   model_config.write_hf_config(cfg, pc.path("model_init"))
   rows, skipped = [], 0
   problems = task.iter_split("train", pc.seed)
@@ -121,11 +123,10 @@ def train_base(pc: PipelineConfig) -> dict[str, Any]:
 
 
 def _load(pc: PipelineConfig, name: str):
-  from transformers import AutoTokenizer
-
   from dmax_jax.loading import load_model
+  from dmax_jax.tokenization import load_tokenizer
   cfg, variables = load_model(pc.path(name))
-  return cfg, variables, AutoTokenizer.from_pretrained(pc.path(name))
+  return cfg, variables, load_tokenizer(pc.path(name))
 
 
 def decode_questions(cfg, variables, hf_tok, questions: Sequence[str], options, batch: int,
@@ -133,9 +134,8 @@ def decode_questions(cfg, variables, hf_tok, questions: Sequence[str], options, 
   """Decodes chat prompts in fixed-shape batches (the last one padded by repetition, so one compiled
   program serves every batch); returns (answer texts, RowResults, seconds)."""
   from dmax_jax.decoding import generate
-  prompts = [hf_tok(hf_tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
-                                               tokenize=False), add_special_tokens=False)["input_ids"]
-             for q in questions]
+  from dmax_jax.tokenization import chat_ids
+  prompts = [chat_ids(hf_tok, [{"role": "user", "content": q}], add_generation_prompt=True) for q in questions]
   width = -(-max(len(p) for p in prompts) // options.block_length) * options.block_length
   rows, start = [], time.perf_counter()
   for i in tqdm(range(0, len(prompts), batch), desc=desc, unit="batch", leave=False):
@@ -157,6 +157,9 @@ def trajectories(pc: PipelineConfig) -> dict[str, Any]:
                                           pc.decode_batch, "trajectories")
   correct = [task.is_correct(t, p.answer) for t, p in zip(texts, problems)]
   keep = [i for i, r in enumerate(rows) if r.stopped_by_eos and (correct[i] or not pc.trajectory_correct_only)]
+  if not keep:
+    raise RuntimeError(f"none of the {len(problems)} trajectories is usable (finished with EOS"
+                       + (", correct)" if pc.trajectory_correct_only else ")") + ": the base model is not trained enough")
   data.write_jsonl(pc.path("data", "oput.jsonl"),
                    data.oput_rows([problems[i].prompt for i in keep], [texts[i] for i in keep]))
   return {"prompts": len(problems), "kept": len(keep), "accuracy": sum(correct) / len(correct),
