@@ -2,7 +2,12 @@
 """Generate with a LLaDA2-MoE checkpoint: DMax soft parallel decoding (SPD) or LLaDA2.0 threshold decoding,
 the whole generation compiled into one XLA program.
 
+With no arguments it decodes a sample word problem with DMax-tiny, the small DMax model trained on this
+CPU by `python -m dmax_jax.experiments.tiny_dmax` and shipped in checkpoints/dmax-tiny.
+
 Examples:
+  python decode.py
+  python decode.py --prompt "Mia has 7 pens. She buys 3 more pens. She loses 2 pens. How many pens does Mia have now?"
   python decode.py --ckpt CKPT --prompt "What is 12 + 30?"
   python decode.py --ckpt ../shared/fixtures/tiny_llada2 --prompt-ids 207,226,139,65,149 \\
       --block-length 8 --gen-length 24 --threshold 0.5 --json
@@ -18,8 +23,12 @@ import os
 import sys
 import time
 
-# The checkpoint used when --ckpt is omitted (None: --ckpt is required). Change it here only.
-DEFAULT_CKPT: str | None = None
+# The checkpoint used when --ckpt is omitted, and the user message decoded when no prompt is given with it:
+# problem 2 of the tiny-DMax test split (never seen in training), the first one DMax-tiny solves with a
+# fully correct worked solution (it gets ~3/4 of the test problems right). Change them here only.
+DEFAULT_CKPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "dmax-tiny")
+DEFAULT_PROMPT = ("Zoe has 8 pens. She loses 2 pens. She shares them equally among 3 friends. "
+                  "How many pens does each friend get?")
 
 _COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
                    "/jax/core/compile/backend_compile_duration")
@@ -34,12 +43,13 @@ def _count_compile_time(event: str, seconds: float, **_) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--ckpt", default=DEFAULT_CKPT, required=DEFAULT_CKPT is None,
+  p.add_argument("--ckpt", default=DEFAULT_CKPT,
                  help="checkpoint directory: converted by convert_weights.py, or a Hugging Face directory "
-                      "(config.json + safetensors; a tokenizer there enables --prompt and text output)"
-                      + ("" if DEFAULT_CKPT is None else f" (default: {DEFAULT_CKPT})"))
-  src = p.add_mutually_exclusive_group(required=True)
-  src.add_argument("--prompt", help="a user message, wrapped in the checkpoint tokenizer's chat template")
+                      "(config.json + safetensors; a tokenizer there enables --prompt and text output) "
+                      "(default: DMax-tiny, checkpoints/dmax-tiny)")
+  src = p.add_mutually_exclusive_group()
+  src.add_argument("--prompt", help="a user message, wrapped in the checkpoint tokenizer's chat template "
+                                    "(default with the default checkpoint: a sample word problem)")
   src.add_argument("--prompt-ids", help="comma-separated prompt token ids, used as they are (no template)")
   src.add_argument("--batch-file", help="one prompt per line, decoded together as one batch; a line of "
                                         "comma-separated integers is token ids, any other line a chat message")
@@ -69,15 +79,6 @@ def parse_args(argv=None) -> argparse.Namespace:
   return p.parse_args(argv)
 
 
-def _tokenizer(ckpt: str):
-  """The checkpoint's tokenizer, or None when the directory has none."""
-  if not os.path.exists(os.path.join(ckpt, "tokenizer.json")):
-    return None
-  # Not AutoTokenizer: it would read config.json, whose auto_map asks to run the checkpoint's remote code.
-  from transformers import PreTrainedTokenizerFast
-  return PreTrainedTokenizerFast.from_pretrained(ckpt)
-
-
 def _parse_ids(text: str) -> list[int]:
   try:
     return [int(t) for t in text.replace(" ", "").split(",") if t]
@@ -90,9 +91,8 @@ def _chat_ids(tokenizer, message: str) -> list[int]:
     raise SystemExit("error: the checkpoint has no tokenizer; pass token ids with --prompt-ids")
   if not message.strip():
     raise SystemExit("error: the prompt is empty")
-  ids = tokenizer.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True,
-                                      tokenize=True)
-  return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+  from dmax_jax.tokenization import chat_ids
+  return chat_ids(tokenizer, [{"role": "user", "content": message}], add_generation_prompt=True)
 
 
 def _prompts(args, tokenizer) -> list[list[int]]:
@@ -100,6 +100,11 @@ def _prompts(args, tokenizer) -> list[list[int]]:
     return [_parse_ids(args.prompt_ids)]
   if args.prompt is not None:
     return [_chat_ids(tokenizer, args.prompt)]
+  if args.batch_file is None:
+    if os.path.abspath(args.ckpt) != DEFAULT_CKPT:
+      raise SystemExit("error: give a prompt: --prompt, --prompt-ids or --batch-file")
+    print(f"prompt: {DEFAULT_PROMPT}")
+    return [_chat_ids(tokenizer, DEFAULT_PROMPT)]
   with open(args.batch_file) as f:
     lines = [line.rstrip("\n") for line in f if line.strip()]
   if not lines:
@@ -116,10 +121,11 @@ def main(argv=None) -> int:
   from dmax_jax.decoding import DecodeOptions, pad_prompts, prompt_bucket, row_keys, unpack, validate_prompts
   from dmax_jax.decoding.generate import decoder_call
   from dmax_jax.decoding.html import write_replay
+  from dmax_jax.tokenization import load_tokenizer
 
   if not os.path.isdir(args.ckpt):
     raise SystemExit(f"error: checkpoint directory {args.ckpt} does not exist")
-  tokenizer = _tokenizer(args.ckpt)
+  tokenizer = load_tokenizer(args.ckpt)
   prompts = _prompts(args, tokenizer)
   try:
     options = DecodeOptions(mode=args.mode, block_length=args.block_length, gen_length=args.gen_length,
