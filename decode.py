@@ -7,7 +7,7 @@ CPU by `python -m dmax_jax.experiments.tiny_dmax` and shipped in checkpoints/dma
 
 Examples:
   python decode.py
-  python decode.py --prompt "Mia has 7 pens. She buys 3 more pens. She loses 2 pens. How many pens does Mia have now?"
+  python decode.py --prompt "Mia has 9 pens. She buys 2 boxes with 3 pens each. She loses 4 pens. How many pens does Mia have now?"
   python decode.py --ckpt CKPT --prompt "What is 12 + 30?"
   python decode.py --ckpt ../shared/fixtures/tiny_llada2 --prompt-ids 207,226,139,65,149 \\
       --block-length 8 --gen-length 24 --threshold 0.5 --json

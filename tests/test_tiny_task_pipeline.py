@@ -42,7 +42,8 @@ def test_smoke_pipeline_runs_every_stage_and_resumes(tmp_path):
   rows = [json.loads(line) for line in open(os.path.join(run_dir, "data", "oput.jsonl"))]
   assert rows and [r["flag"] for r in rows] == [True, False] * (len(rows) // 2)
   table = open(os.path.join(run_dir, "results", "results.md")).read().strip().splitlines()
-  n_points = 2 * (len(pipeline.SMOKE["threshold_grid"]) + len(pipeline.SMOKE["spd_grid"]))
+  pc = pipeline.PipelineConfig(**pipeline.SMOKE)
+  n_points = 2 * (len(pc.threshold_grid) + len(pc.spd_grid) * len(pc.spd_converge_grid))
   assert len(table) == 2 + n_points
   assert {line.split("|")[1].strip() for line in table[2:]} == {pipeline.BASE, pipeline.DMAX}
   with open(os.path.join(run_dir, "results", "accuracy_vs_tpf.png"), "rb") as f:

@@ -49,15 +49,15 @@ def main(argv=None) -> int:
   summaries = pipeline.run(pc, stages, force)
   if "evaluate" in summaries:
     print(open(pc.path("results", "results.md")).read())
-    head = summaries["evaluate"]["headline"]
-    if head["dmax"] is None:
-      print(f"no {pipeline.DMAX} SPD point is within 2 accuracy points of the base model's best "
-            f"({100 * head['base']['accuracy']:.1f}% at TPF {head['base']['tpf']:.2f})")
-    else:
-      print(f"base best: {100 * head['base']['accuracy']:.1f}% at TPF {head['base']['tpf']:.2f} "
-            f"(threshold {head['base']['threshold']:g}); {pipeline.DMAX} SPD: "
-            f"{100 * head['dmax']['accuracy']:.1f}% at TPF {head['dmax']['tpf']:.2f} "
-            f"(threshold {head['dmax']['threshold']:g}): {head['tpf_ratio']:.2f}x TPF")
+    for decoder, head in summaries["evaluate"]["headline"].items():
+      if head["dmax"] is None:
+        print(f"no {pipeline.DMAX} {decoder} point is within 2 accuracy points of the base model's best "
+              f"({100 * head['base']['accuracy']:.1f}% at TPF {head['base']['tpf']:.2f})")
+      else:
+        print(f"base best: {100 * head['base']['accuracy']:.1f}% at TPF {head['base']['tpf']:.2f} "
+              f"(threshold {head['base']['threshold']:g}); {pipeline.DMAX} {decoder}: "
+              f"{100 * head['dmax']['accuracy']:.1f}% at TPF {head['dmax']['tpf']:.2f} "
+              f"(threshold {head['dmax']['threshold']:g}): {head['tpf_ratio']:.2f}x TPF")
   return 0
 
 

@@ -1,4 +1,4 @@
-"""The tiny-DMax pipeline, from nothing to the accuracy-vs-TPF table and plot (~63 minutes on 2 CPU cores).
+"""The tiny-DMax pipeline, from nothing to the accuracy-vs-TPF table and plot (~66 minutes on 2 CPU cores).
 
 Stages (each skipped when its `<run_dir>/<stage>.done.json` exists, so a rerun resumes; training also
 resumes from its Orbax checkpoints):
@@ -55,6 +55,9 @@ class PipelineConfig:
   decode_batch: int = 50
   threshold_grid: tuple[float, ...] = (0.95, 0.9, 0.8, 0.7, 0.5, 0.3, 0.1, 0.0)
   spd_grid: tuple[float, ...] = (0.9, 0.8, 0.7, 0.5, 0.3, 0.1, 0.0)
+  # One SPD curve per convergence threshold (a block ends once every decoded position is this confident);
+  # 0.9 is decode.py's default.
+  spd_converge_grid: tuple[float, ...] = (0.9, 0.5)
   checkpoint_every: int = 250
 
   def path(self, *parts: str) -> str:
@@ -129,6 +132,11 @@ def _load(pc: PipelineConfig, name: str):
   return cfg, variables, load_tokenizer(pc.path(name))
 
 
+def spd_decoder_name(converge_threshold: float) -> str:
+  """Curve name of SPD with a convergence threshold: "spd" for decode.py's default 0.9."""
+  return "spd" if converge_threshold == 0.9 else f"spd (converge {converge_threshold:g})"
+
+
 def decode_questions(cfg, variables, hf_tok, questions: Sequence[str], options, batch: int,
                      desc: str) -> tuple[list[str], list[Any], float]:
   """Decodes chat prompts in fixed-shape batches (the last one padded by repetition, so one compiled
@@ -176,21 +184,25 @@ def evaluate(pc: PipelineConfig) -> dict[str, Any]:
   from dmax_jax.decoding import DecodeOptions
   problems = task.generate_split("test", pc.test_problems, seed=pc.seed)
   points = []
+  curves = [("threshold", pc.threshold_grid, {})] + [
+      (spd_decoder_name(c), pc.spd_grid, {"converge_threshold": c}) for c in pc.spd_converge_grid]
   for name, label in (("base", BASE), ("dmax", DMAX)):
     cfg, variables, hf_tok = _load(pc, name)
-    for mode, grid in (("threshold", pc.threshold_grid), ("spd", pc.spd_grid)):
+    for decoder, grid, extra in curves:
       for th in grid:
-        options = DecodeOptions(mode=mode, block_length=pc.block_length, gen_length=pc.gen_length, threshold=th)
+        options = DecodeOptions(mode=decoder.split()[0], block_length=pc.block_length, gen_length=pc.gen_length,
+                                threshold=th, **extra)
         texts, rows, seconds = decode_questions(cfg, variables, hf_tok, [p.prompt for p in problems], options,
-                                                pc.decode_batch, f"{label} {mode} {th:g}")
-        points.append(evaluation.evaluate(label, mode, th, problems, texts, [r.num_tokens for r in rows],
+                                                pc.decode_batch, f"{label} {decoder} {th:g}")
+        points.append(evaluation.evaluate(label, decoder, th, problems, texts, [r.num_tokens for r in rows],
                                           [r.nfe for r in rows], seconds))
-        tqdm.write(f"{label:>9} {mode:>9} {th:<5g} accuracy {100 * points[-1].accuracy:5.1f}%  "
+        tqdm.write(f"{label:>9} {decoder:>20} {th:<5g} accuracy {100 * points[-1].accuracy:5.1f}%  "
                    f"TPF {points[-1].tpf:5.2f}  ({seconds:.1f} s)")
   evaluation.save_points(pc.path("results", "points.json"), points)
   evaluation.write_markdown(pc.path("results", "results.md"), points)
   evaluation.plot_accuracy_vs_tpf(points, pc.path("results", "accuracy_vs_tpf.png"))
-  head = evaluation.headline(points, base=(BASE, "threshold"), dmax=(DMAX, "spd"))
+  head = {decoder: evaluation.headline(points, base=(BASE, "threshold"), dmax=(DMAX, decoder))
+          for decoder, _, _ in curves[1:]}
   write_text_atomic(pc.path("results", "headline.json"), json.dumps(head, indent=1) + "\n")
   return {"points": len(points), "headline": head}
 
