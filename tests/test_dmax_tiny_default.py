@@ -53,11 +53,11 @@ def test_dmax_tiny_spd_solves_most_test_problems():
   """SPD with the decode.py defaults on 50 other test problems (seed 7), one compiled batch."""
   from dmax_jax import load_model
   from dmax_jax.decoding import DecodeOptions, generate
-  from dmax_jax.tokenization import load_tokenizer
+  from dmax_jax.tokenization import chat_ids, load_tokenizer
   cfg, variables = load_model(decode.DEFAULT_CKPT)
   hf = load_tokenizer(decode.DEFAULT_CKPT)
   problems = task.generate_split("test", 50, seed=7)
-  prompts = [hf(tokenizer.render_prompt(p.prompt), add_special_tokens=False)["input_ids"] for p in problems]
+  prompts = [chat_ids(hf, [{"role": "user", "content": p.prompt}], add_generation_prompt=True) for p in problems]
   rows = generate(cfg, variables, prompts, DecodeOptions(mode="spd", gen_length=64))
   texts = [hf.decode(r.ids, skip_special_tokens=True) for r in rows]
   accuracy = sum(task.is_correct(t, p.answer) for t, p in zip(texts, problems)) / len(problems)

@@ -134,9 +134,10 @@ def _write_hf(dst: str, cfg: ModelConfig, read: ReadSlice, source: str, param_dt
       tqdm(total=total, desc="jax-to-hf", unit="tensor", disable=not progress) as bar:
     count, nbytes = export_hf_weights(staging, cfg, read, dtypes, merged_experts, parse_size(shard_size),
                                       on_tensor=lambda *_: bar.update())
+    config_path = source
     if os.path.isdir(source):
       converted.copy_aux_files(source, staging)
-    config_path = os.path.join(source, "config.json") if os.path.isdir(source) else source
+      config_path = os.path.join(source, "config.json")
     _write_hf_config(config_path, staging, param_dtype)
   return Summary(count, nbytes, time.perf_counter() - start)
 

@@ -133,18 +133,20 @@ def _load(pc: PipelineConfig, name: str):
 
 
 def spd_decoder_name(converge_threshold: float) -> str:
-  """Curve name of SPD with a convergence threshold: "spd" for decode.py's default 0.9."""
-  return "spd" if converge_threshold == 0.9 else f"spd (converge {converge_threshold:g})"
+  """Curve name of SPD with a convergence threshold: plain "spd" for the decoder's default."""
+  from dmax_jax.decoding import DecodeOptions
+  default = DecodeOptions().converge_threshold
+  return "spd" if converge_threshold == default else f"spd (converge {converge_threshold:g})"
 
 
 def decode_questions(cfg, variables, hf_tok, questions: Sequence[str], options, batch: int,
                      desc: str) -> tuple[list[str], list[Any], float]:
   """Decodes chat prompts in fixed-shape batches (the last one padded by repetition, so one compiled
   program serves every batch); returns (answer texts, RowResults, seconds)."""
-  from dmax_jax.decoding import generate
+  from dmax_jax.decoding import generate, prompt_bucket
   from dmax_jax.tokenization import chat_ids
   prompts = [chat_ids(hf_tok, [{"role": "user", "content": q}], add_generation_prompt=True) for q in questions]
-  width = -(-max(len(p) for p in prompts) // options.block_length) * options.block_length
+  width = prompt_bucket(max(len(p) for p in prompts), options.block_length)
   rows, start = [], time.perf_counter()
   for i in tqdm(range(0, len(prompts), batch), desc=desc, unit="batch", leave=False):
     chunk = prompts[i:i + batch]
@@ -166,8 +168,8 @@ def trajectories(pc: PipelineConfig) -> dict[str, Any]:
   correct = [task.is_correct(t, p.answer) for t, p in zip(texts, problems)]
   keep = [i for i, r in enumerate(rows) if r.stopped_by_eos and (correct[i] or not pc.trajectory_correct_only)]
   if not keep:
-    raise RuntimeError(f"none of the {len(problems)} trajectories is usable (finished with EOS"
-                       + (", correct)" if pc.trajectory_correct_only else ")") + ": the base model is not trained enough")
+    raise RuntimeError(f"none of the {len(problems)} base-model answers ends with EOS"
+                       f"{' and is correct' if pc.trajectory_correct_only else ''}: the base model is undertrained")
   data.write_jsonl(pc.path("data", "oput.jsonl"),
                    data.oput_rows([problems[i].prompt for i in keep], [texts[i] for i in keep]))
   return {"prompts": len(problems), "kept": len(keep), "accuracy": sum(correct) / len(correct),
@@ -184,14 +186,15 @@ def evaluate(pc: PipelineConfig) -> dict[str, Any]:
   from dmax_jax.decoding import DecodeOptions
   problems = task.generate_split("test", pc.test_problems, seed=pc.seed)
   points = []
-  curves = [("threshold", pc.threshold_grid, {})] + [
-      (spd_decoder_name(c), pc.spd_grid, {"converge_threshold": c}) for c in pc.spd_converge_grid]
+  # (curve name, decoder mode, thresholds, other DecodeOptions fields)
+  curves = [("threshold", "threshold", pc.threshold_grid, {})] + [
+      (spd_decoder_name(c), "spd", pc.spd_grid, {"converge_threshold": c}) for c in pc.spd_converge_grid]
   for name, label in (("base", BASE), ("dmax", DMAX)):
     cfg, variables, hf_tok = _load(pc, name)
-    for decoder, grid, extra in curves:
+    for decoder, mode, grid, extra in curves:
       for th in grid:
-        options = DecodeOptions(mode=decoder.split()[0], block_length=pc.block_length, gen_length=pc.gen_length,
-                                threshold=th, **extra)
+        options = DecodeOptions(mode=mode, block_length=pc.block_length, gen_length=pc.gen_length, threshold=th,
+                                **extra)
         texts, rows, seconds = decode_questions(cfg, variables, hf_tok, [p.prompt for p in problems], options,
                                                 pc.decode_batch, f"{label} {decoder} {th:g}")
         points.append(evaluation.evaluate(label, decoder, th, problems, texts, [r.num_tokens for r in rows],
@@ -202,7 +205,7 @@ def evaluate(pc: PipelineConfig) -> dict[str, Any]:
   evaluation.write_markdown(pc.path("results", "results.md"), points)
   evaluation.plot_accuracy_vs_tpf(points, pc.path("results", "accuracy_vs_tpf.png"))
   head = {decoder: evaluation.headline(points, base=(BASE, "threshold"), dmax=(DMAX, decoder))
-          for decoder, _, _ in curves[1:]}
+          for decoder, mode, _, _ in curves if mode == "spd"}
   write_text_atomic(pc.path("results", "headline.json"), json.dumps(head, indent=1) + "\n")
   return {"points": len(points), "headline": head}
 
