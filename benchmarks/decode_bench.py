@@ -116,7 +116,7 @@ def main(argv=None) -> int:
       print(f"{name:8s} threshold G={gen_length:5d} NFE={row['nfe']:5d}  {row['ms_per_forward']:.2f} ms/forward  "
             f"{row['ms_per_token']:.2f} ms/token  (compile {compile_s:.1f} s)", flush=True)
   if args.json:
-    from dmax_jax.experiments.tiny_dmax.files import write_text_atomic
+    from dmax_jax.io import write_text_atomic
     write_text_atomic(args.json, json.dumps(report, indent=1))
   return 0
 

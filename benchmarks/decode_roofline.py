@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -43,7 +44,10 @@ def block_step_args(cfg: ModelConfig, batch: int, block: int, context: int, mesh
   if mesh is not None:
     shardings = variable_shardings(cfg, mesh)
     variables = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s), variables, shardings)
-    cache_spec = sharding.logical_to_sharding(PartitionSpec(*CACHE_AXES), mesh).spec
+    cache_spec = sharding.logical_to_sharding(PartitionSpec(*CACHE_AXES), mesh, cfg.parallelism).spec
+    rows_axes = sharding.mesh_axes_of(cache_spec[1])
+    if batch % math.prod(mesh.shape[a] for a in rows_axes):  # e.g. batch 1: rows replicated
+      cache_spec = PartitionSpec(cache_spec[0], None, *cache_spec[2:])
   else:
     cache_spec = PartitionSpec()
   kv_shape = (cfg.num_hidden_layers, batch, context, cfg.num_key_value_heads, cfg.head_dim)
@@ -52,16 +56,20 @@ def block_step_args(cfg: ModelConfig, batch: int, block: int, context: int, mesh
           sds((batch, block), jnp.bool_), sds((batch,), jnp.int32), sds((batch,), jnp.int32))
 
 
-def compile_block_step(cfg: ModelConfig, batch: int, block: int, context: int, mesh=None):
-  """(compiled SPD block step, compile seconds)."""
+def lower_block_step(cfg: ModelConfig, batch: int, block: int, context: int, mesh=None):
+  """The SPD block step lowered for abstract arguments (sharded on `mesh` by `cfg.parallelism`'s rules)."""
   fn = jax.jit(functools.partial(block_step, cfg, DecodeOptions(mode="spd", block_length=block)))
   args = block_step_args(cfg, batch, block, context, mesh)
-  t = time.perf_counter()
   if mesh is None:
-    compiled = fn.lower(*args).compile()
-  else:
-    with sharding.use_mesh(mesh):
-      compiled = fn.lower(*args).compile()
+    return fn.lower(*args)
+  with sharding.use_mesh(mesh, cfg.parallelism):
+    return fn.lower(*args)
+
+
+def compile_block_step(cfg: ModelConfig, batch: int, block: int, context: int, mesh=None):
+  """(compiled SPD block step, compile seconds)."""
+  t = time.perf_counter()
+  compiled = lower_block_step(cfg, batch, block, context, mesh).compile()
   return compiled, time.perf_counter() - t
 
 
@@ -120,7 +128,7 @@ def main(argv=None) -> int:
           f"{PAPER_TPF} (x2 chips: {row['tok_s_two_chips']:.0f}; paper on 2x H200: {PAPER_TOK_S:.0f}); "
           f"compute-bound from batch {row['compute_bound_batch']}")
   if args.json:
-    from dmax_jax.experiments.tiny_dmax.files import write_text_atomic
+    from dmax_jax.io import write_text_atomic
     write_text_atomic(args.json, json.dumps(report, indent=1))
   return 0
 

@@ -26,6 +26,8 @@ def parse_args(argv=None):
   p.add_argument("--batch", type=int, default=None, help="override train.global_batch_size (= micro batch)")
   p.add_argument("--moe-impl", default="ragged", choices=("ragged", "tiled"),
                  help="MoE kernel (ragged = the TPU/GPU kernel; XLA:CPU lowers it to a dense dot over all experts)")
+  p.add_argument("--parallelism", default="expert_parallel", choices=("expert_parallel", "gspmd"),
+                 help="expert_parallel (shard_map MoE dispatch, vocab-parallel loss) or the GSPMD baseline")
   p.add_argument("--json", default=None, help="also write the report to this JSON file")
   return p.parse_args(argv)
 
@@ -49,7 +51,7 @@ def main(argv=None):
   run_cfg = load_run_config(args.config, overrides)
   m = run_cfg.model
   cfg = ModelConfig.from_json(m.config, param_dtype=m.param_dtype, dtype=m.dtype, remat_policy=m.remat_policy,
-                              moe_impl=args.moe_impl)
+                              moe_impl=args.moe_impl, parallelism=args.parallelism)
   mesh = sharding.make_mesh({k: int(v) for k, v in (kv.split("=") for kv in args.mesh.split(","))})
   t = run_cfg.train
   seq = run_cfg.data.max_seq_len
@@ -57,15 +59,15 @@ def main(argv=None):
   batch = {k: jax.ShapeDtypeStruct((t.accumulation_steps, t.micro_batch) + (() if k == "flags" else (seq,)),
                                    jnp.bool_ if k == "flags" else jnp.int32) for k in BATCH_KEYS}
   start = time.perf_counter()
-  with sharding.use_mesh(mesh):
+  with sharding.use_mesh(mesh, cfg.parallelism):
     lowered = step.lower(abstract, batch)
     compiled = lowered.compile()
   compile_s = time.perf_counter() - start
   mem = compiled.memory_analysis()
   tx_, schedule = make_optimizer(t, 1000)
-  with sharding.use_mesh(mesh):
-    matmul_flops, per_primitive = flops.traced_matmul_flops(
-        train_step_fn(cfg, tx_, schedule, t.block_size, t.on_policy), abstract, batch)
+  # Traced without the mesh: the single-device program, whose ragged_dot rows are the routed rows.
+  matmul_flops, per_primitive = flops.traced_matmul_flops(
+      train_step_fn(cfg, tx_, schedule, t.block_size, t.on_policy), abstract, batch)
   tokens = t.global_batch_size * seq
   report = {
       "mesh": dict(mesh.shape), "devices": mesh.size, "seq_len": seq, "global_batch": t.global_batch_size,

@@ -2,7 +2,7 @@
 
 `ModelConfig` holds two kinds of fields: the architecture (every field of a Hugging Face `llada2_moe`
 config that the model reads) and run-time choices that are not part of a checkpoint (dtypes, remat
-policy, MoE kernel). It is frozen and hashable, so it can be a static argument of `jax.jit`.
+policy, MoE kernel, parallelism scheme). It is frozen and hashable, so it can be a static argument of `jax.jit`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ DEFAULT_MASK_TOKEN_ID = 156895
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 MOE_IMPLS = ("auto", "ragged", "tiled")
+# expert_parallel: MoE dispatch and LM-head loss in shard_map (tokens to their experts, vocab-parallel
+# cross-entropy); gspmd: the earlier layout left to the partitioner, kept as a measured baseline.
+PARALLELISMS = ("expert_parallel", "gspmd")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -58,6 +61,7 @@ class ModelConfig:
   remat_policy: str = "none"
   moe_impl: str = "auto"
   moe_tile_size: int = 64
+  parallelism: str = "expert_parallel"
 
   def __post_init__(self):
     self.validate()
@@ -106,7 +110,7 @@ class ModelConfig:
       raise ConfigError(f"mask_token_id {self.mask_token_id} is outside the vocabulary "
                         f"(vocab_size={self.vocab_size})")
     for name, allowed in (("param_dtype", DTYPES), ("dtype", DTYPES), ("remat_policy", REMAT_POLICIES),
-                          ("moe_impl", MOE_IMPLS)):
+                          ("moe_impl", MOE_IMPLS), ("parallelism", PARALLELISMS)):
       if getattr(self, name) not in allowed:
         raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
@@ -178,7 +182,7 @@ class ModelConfig:
 
   def architecture_dict(self) -> dict[str, Any]:
     """The architecture fields under their Hugging Face names (what `from_hf_dict` reads)."""
-    runtime = {"param_dtype", "dtype", "remat_policy", "moe_impl", "moe_tile_size"}
+    runtime = {"param_dtype", "dtype", "remat_policy", "moe_impl", "moe_tile_size", "parallelism"}
     return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in runtime}
 
 

@@ -110,7 +110,10 @@ def jaxpr_matmul_flops(jaxpr: Any, by_primitive: dict[str, int] | None = None, m
 
 
 def traced_matmul_flops(fn, *args, **kwargs) -> tuple[int, dict[str, int]]:
-  """(total, per-primitive) matmul FLOPs of `fn(*args)`; args may be `jax.ShapeDtypeStruct`s."""
+  """(total, per-primitive) matmul FLOPs of `fn(*args)`; args may be `jax.ShapeDtypeStruct`s.
+
+  Trace outside `sharding.use_mesh`: on a mesh the model runs its MoE and LM head in `shard_map`, whose
+  bodies hold one device's shapes (and a worst-case expert buffer), not the whole computation."""
   closed = jax.make_jaxpr(fn)(*args, **kwargs)
   per: dict[str, int] = {}
   return jaxpr_matmul_flops(closed, per), per

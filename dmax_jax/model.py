@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from dmax_jax import sharding
 from dmax_jax.config import ModelConfig
+from dmax_jax.layers import embedding
 from dmax_jax.layers.attention import Attention, mask_to_bias
 from dmax_jax.layers.common import logical_param
 from dmax_jax.layers.mlp import MoE, SwiGLU
@@ -112,7 +113,7 @@ class Transformer(nn.Module):
   def setup(self):
     cfg = self.config
     self.embedding = self.param(
-        "embedding", nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")),
+        "embedding", nn.with_logical_partitioning(nn.initializers.normal(1.0), ("table_vocab", "table_embed")),
         (cfg.vocab_size, cfg.hidden_size), jnp.dtype(cfg.param_dtype))
     if cfg.num_dense_layers:
       self.dense_layers = LayerStack(cfg, cfg.num_dense_layers, is_moe=False)
@@ -126,13 +127,19 @@ class Transformer(nn.Module):
 
   def embed(self, input_ids_BxT: jax.Array) -> jax.Array:
     """Token embeddings `[batch, seq, hidden]` in the compute dtype."""
-    return jnp.take(self.embedding, input_ids_BxT, axis=0).astype(jnp.dtype(self.config.dtype))
+    dtype = jnp.dtype(self.config.dtype)
+    if self.config.parallelism == "gspmd":
+      return jnp.take(self.embedding, input_ids_BxT, axis=0).astype(dtype)
+    return embedding.lookup(self.embedding.astype(dtype), input_ids_BxT)
+
+  def head_weight(self) -> jax.Array:
+    """The LM head `[hidden, vocab]` in the compute dtype (the embedding's transpose when tied)."""
+    w = self.embedding.T if self.config.tie_word_embeddings else self.lm_head
+    return w.astype(jnp.dtype(self.config.dtype))
 
   def logits(self, hidden_BxTxH: jax.Array) -> jax.Array:
     """LM head on final-normed hidden states; float32 `[batch, seq, vocab]`."""
-    dtype = jnp.dtype(self.config.dtype)
-    w = self.embedding.T if self.config.tie_word_embeddings else self.lm_head
-    logits = jnp.einsum("bth,hv->btv", hidden_BxTxH.astype(dtype), w.astype(dtype),
+    logits = jnp.einsum("bth,hv->btv", hidden_BxTxH.astype(jnp.dtype(self.config.dtype)), self.head_weight(),
                         preferred_element_type=jnp.float32)
     return nn.with_logical_constraint(logits, ("batch", "length", "act_vocab"))
 
@@ -192,11 +199,16 @@ def variable_shardings(config: ModelConfig, mesh: jax.sharding.Mesh | None) -> V
   if mesh is None:
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     return jax.tree.map(lambda _: device, specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-  return sharding.logical_to_sharding(specs, mesh)
+  return sharding.logical_to_sharding(specs, mesh, config.parallelism)
 
 
 def embed_tokens(config: ModelConfig, variables: Variables, input_ids_BxT: jax.Array) -> jax.Array:
   return Transformer(config).apply(variables, input_ids_BxT, method=Transformer.embed)
+
+
+def lm_head_weight(config: ModelConfig, variables: Variables) -> jax.Array:
+  """The LM head `[hidden, vocab]` in the compute dtype."""
+  return Transformer(config).apply(variables, method=Transformer.head_weight)
 
 
 def apply_model(config: ModelConfig, variables: Variables, inputs_embeds_BxTxH, positions_BxT, bias,

@@ -15,32 +15,78 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from dmax_jax.config import PARALLELISMS
+
 MESH_AXES = ("data", "fsdp", "expert", "tensor")
 
-# logical axis -> mesh axis (or axes, or None = replicated). First match wins.
+# logical axis -> mesh axis (or axes, or None = replicated). Rules are applied in order and a rule is
+# skipped where its mesh axes are already taken by another dimension of the same array (so `expert`
+# before `embed`: expert weights shard their expert dimension over `expert x fsdp` and keep `embed`
+# whole; the LM head shards `vocab` over every axis and keeps `embed` whole; the embedding table
+# shards its embedding columns, so a lookup needs only the token ids of the others).
 LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
-    # activations
+    # activations: logits over the LM head's vocabulary shards (before the rows take fsdp); rows over
+    # data x fsdp, positions over expert (sequence parallel outside the MoE)
+    ("act_vocab", ("tensor", "fsdp", "expert")),
     ("batch", ("data", "fsdp")),
-    ("length", None),
+    ("length", "expert"),
+    ("kv_length", None),
     ("cache_length", None),
     ("act_embed", None),
     ("act_heads", "tensor"),
     ("act_kv_heads", "tensor"),
     ("act_mlp", "tensor"),
-    ("act_vocab", "tensor"),
     # parameters
     ("layers", None),
-    ("vocab", "tensor"),
+    ("vocab", ("tensor", "fsdp", "expert")),
+    ("table_vocab", None),
+    ("table_embed", ("tensor", "fsdp", "expert")),
+    ("expert", ("expert", "fsdp")),
     ("embed", "fsdp"),
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
     ("head_dim", None),
     ("mlp", "tensor"),
-    ("expert", "expert"),
     ("moe_mlp", "tensor"),
     ("router_experts", None),
     ("norm", None),
 )
+
+# The layout before expert parallelism, kept as the baseline that `benchmarks/comm_16b.py` measures
+# against: positions unsharded, experts over `expert` only (embed over fsdp), vocab over `tensor`, the
+# embedding table as the LM head.
+GSPMD_BASELINE_RULES: tuple[tuple[str, Any], ...] = tuple(
+    (name, {"length": None, "vocab": "tensor", "act_vocab": "tensor", "expert": "expert", "table_vocab": "tensor",
+            "table_embed": "fsdp"}.get(name, axes))
+    for name, axes in LOGICAL_AXIS_RULES)
+
+
+def axis_rules(parallelism: str = "expert_parallel") -> tuple[tuple[str, Any], ...]:
+  """The rules table of a `ModelConfig.parallelism` scheme."""
+  if parallelism not in PARALLELISMS:
+    raise ValueError(f"parallelism must be one of {PARALLELISMS}, got {parallelism!r}")
+  return GSPMD_BASELINE_RULES if parallelism == "gspmd" else LOGICAL_AXIS_RULES
+
+
+def fitted_spec(logical_names: Sequence[str], shape: Sequence[int]) -> PartitionSpec:
+  """The context rules' `PartitionSpec` for an array of `shape` on the context mesh, without size-1
+  mesh axes and without the trailing mesh axes of any dimension they do not divide (that dimension is
+  replicated over them: a batch of 1 on an `fsdp` mesh)."""
+  sizes = dict(jax.sharding.get_abstract_mesh().shape)
+  entries = []
+  for entry, size in zip(nn.logical_to_mesh_axes(logical_names), shape):
+    axes = [a for a in mesh_axes_of(entry) if sizes[a] > 1]
+    while axes and size % int(np.prod([sizes[a] for a in axes])):
+      axes.pop()
+    entries.append(tuple(axes) or None)
+  return PartitionSpec(*entries)
+
+
+def mesh_axes_of(spec_entry: Any) -> tuple[str, ...]:
+  """The mesh axes of one `PartitionSpec` entry (None, a name, or a tuple of names)."""
+  if spec_entry is None:
+    return ()
+  return (spec_entry,) if isinstance(spec_entry, str) else tuple(spec_entry)
 
 
 def make_mesh(shape: dict[str, int] | Sequence[int] | None = None,
@@ -69,15 +115,15 @@ def make_mesh(shape: dict[str, int] | Sequence[int] | None = None,
 
 
 @contextlib.contextmanager
-def use_mesh(mesh: Mesh):
+def use_mesh(mesh: Mesh, parallelism: str = "expert_parallel"):
   """Activates `mesh` and the logical axis rules, so logical constraints inside the model resolve."""
-  with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(axis_rules(parallelism)):
     yield
 
 
-def logical_to_sharding(logical_specs: Any, mesh: Mesh) -> Any:
+def logical_to_sharding(logical_specs: Any, mesh: Mesh, parallelism: str = "expert_parallel") -> Any:
   """Maps a pytree of logical `PartitionSpec`s to `NamedSharding`s on `mesh`."""
-  return nn.logical_to_mesh_sharding(logical_specs, mesh, LOGICAL_AXIS_RULES)
+  return nn.logical_to_mesh_sharding(logical_specs, mesh, axis_rules(parallelism))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -95,7 +95,7 @@ def test_sharded_decoding_equals_single_device(tiny_model, prompts):
   want = generate(cfg, variables, prompts, _options("spd"))
   mesh = sharding.make_mesh({"data": 2, "expert": 2, "tensor": 2})
   placed = jax.device_put(variables, variable_shardings(cfg, mesh))
-  assert placed["params"]["moe_layers"]["layers"]["mlp"]["experts_gate"].sharding.spec[1] == "expert"
+  assert placed["params"]["moe_layers"]["layers"]["mlp"]["experts_gate"].sharding.spec[1] == ("expert", "fsdp")
   with sharding.use_mesh(mesh):
     got = generate(cfg, placed, prompts, _options("spd"))
   assert [_fields(r) for r in got] == [_fields(r) for r in want]

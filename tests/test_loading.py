@@ -55,7 +55,8 @@ def test_mesh_placement_and_dtype(source, fixture_dir, converted_dir):
     assert leaf.dtype == (np.float32 if path.startswith("buffers/") else jax.numpy.bfloat16), path
     np.testing.assert_array_equal(np.asarray(leaf), reference[path].astype(leaf.dtype))
   experts = variables["params"]["moe_layers"]["layers"]["mlp"]["experts_gate"]
-  assert len(experts.addressable_shards) == 8 and experts.addressable_shards[0].data.shape[1] == 4
+  # [layers, experts, embed, width]: experts over expert x fsdp (4 ways), width over tensor
+  assert len(experts.addressable_shards) == 8 and experts.addressable_shards[0].data.shape == (2, 2, 64, 16)
 
 
 def test_restore_onto_different_meshes(converted_dir):
@@ -65,8 +66,8 @@ def test_restore_onto_different_meshes(converted_dir):
   assert all(np.array_equal(np.asarray(a[p]), np.asarray(b[p])) for p in a)
   experts_a, experts_b = a["params/moe_layers/layers/mlp/experts_up"], b["params/moe_layers/layers/mlp/experts_up"]
   assert experts_a.sharding.mesh == mesh_a and experts_b.sharding.mesh == mesh_b
-  assert experts_a.addressable_shards[0].data.shape == (2, 8, 8, 32)  # hidden split 8 ways
-  assert experts_b.addressable_shards[0].data.shape == (2, 2, 64, 32)  # experts split 4 ways
+  assert experts_a.addressable_shards[0].data.shape == (2, 1, 64, 32)  # experts split over fsdp (8 ways)
+  assert experts_b.addressable_shards[0].data.shape == (2, 2, 64, 32)  # experts split over expert (4 ways)
 
 
 def test_bf16_sharded_hf_keeps_its_dtype(fixture_dir, tmp_path):

@@ -19,10 +19,11 @@ def test_sharded_forward_equals_single_device(tiny_model, mesh_shape):
   mesh = sharding.make_mesh(mesh_shape)
   placed = jax.device_put(variables, variable_shardings(cfg, mesh))
   experts = placed["params"]["moe_layers"]["layers"]["mlp"]["experts_gate"]
-  assert experts.sharding.spec == jax.sharding.PartitionSpec(None, "expert", "fsdp", "tensor")
+  assert experts.sharding.spec == jax.sharding.PartitionSpec(None, ("expert", "fsdp"), None, "tensor")
   with sharding.use_mesh(mesh):
     got = forward(cfg, placed, input_ids=ids, attention_mask=keep)
-  np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-5, rtol=0)
+  # Expert outputs are summed across devices in another order than on one device: f32 rounding.
+  np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-5, rtol=2e-6)
 
 
 def test_bfloat16_policy_keeps_float32_statistics(tiny_model):

@@ -7,7 +7,7 @@ import json
 from typing import Callable, Sequence
 
 from dmax_jax.decoding.results import RowResult
-from dmax_jax.experiments.tiny_dmax.files import write_text_atomic
+from dmax_jax.io import write_text_atomic
 
 _PAGE = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>__TITLE__</title>

@@ -82,8 +82,10 @@ class Attention(nn.Module):
     q = apply_partial_rope(q, *cos_sin)
     k = apply_partial_rope(k, *cos_sin)
     q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", "head_dim"))
-    k = nn.with_logical_constraint(k, ("batch", "length", "act_kv_heads", "head_dim"))
-    v = nn.with_logical_constraint(v, ("batch", "length", "act_kv_heads", "head_dim"))
+    # Every query position attends to every key: with positions sharded, this call's keys/values are
+    # gathered (before joining the cache, which is not sharded by position).
+    k = nn.with_logical_constraint(k, ("batch", "kv_length", "act_kv_heads", "head_dim"))
+    v = nn.with_logical_constraint(v, ("batch", "kv_length", "act_kv_heads", "head_dim"))
     keys, values = k, v
     if kv_prefix is not None:
       keys = jnp.concatenate([kv_prefix[0].astype(dtype), k], axis=1)

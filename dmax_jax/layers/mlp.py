@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dmax_jax import sharding
 from dmax_jax.config import ModelConfig
 from dmax_jax.layers import moe
 from dmax_jax.layers.common import logical_param
@@ -60,13 +63,23 @@ class MoE(nn.Module):
     x_NxH = x_BxTxH.reshape(b * t, h)
     router_logits = jnp.einsum("nh,he->ne", x_NxH.astype(jnp.float32), w_router.astype(jnp.float32),
                                precision=jax.lax.Precision.HIGHEST)
-    expert_ids, weights = moe.route(
-        router_logits, expert_bias, top_k=cfg.num_experts_per_tok, n_group=cfg.n_group,
-        topk_group=cfg.topk_group, routed_scaling_factor=cfg.routed_scaling_factor,
-        norm_topk_prob=cfg.norm_topk_prob)
+    route_fn = functools.partial(
+        moe.route, top_k=cfg.num_experts_per_tok, n_group=cfg.n_group, topk_group=cfg.topk_group,
+        routed_scaling_factor=cfg.routed_scaling_factor, norm_topk_prob=cfg.norm_topk_prob)
+    if cfg.parallelism == "expert_parallel" and jax.sharding.get_abstract_mesh().size > 1:
+      expert_spec = nn.logical_to_mesh_axes(("expert", "embed", "moe_mlp"))
+      routed, expert_ids, weights = moe.expert_parallel_moe(
+          x_BxTxH.astype(dtype), router_logits.reshape(b, t, e), expert_bias,
+          jax.tree.map(lambda w: w.astype(dtype), experts), route_fn=route_fn,
+          token_spec=sharding.fitted_spec(("batch", "length", "act_embed"), x_BxTxH.shape),
+          expert_axes=sharding.mesh_axes_of(expert_spec[0]), mlp_axes=sharding.mesh_axes_of(expert_spec[2]),
+          impl=cfg.moe_impl, max_tile=cfg.moe_tile_size)
+      expert_ids, weights = expert_ids.reshape(b * t, -1), weights.reshape(b * t, -1)
+    else:
+      expert_ids, weights = route_fn(router_logits, expert_bias)
+      routed = moe.dispatch_experts(x_NxH.astype(dtype), expert_ids, weights, experts,
+                                    impl=cfg.moe_impl, max_tile=cfg.moe_tile_size)
     self.sow("intermediates", "router", (router_logits, expert_ids, weights))
-    routed = moe.dispatch_experts(x_NxH.astype(dtype), expert_ids, weights, experts,
-                                  impl=cfg.moe_impl, max_tile=cfg.moe_tile_size)
     out = routed.reshape(b, t, h)
     if cfg.num_shared_experts > 0:
       out = out + SwiGLU(cfg, cfg.shared_intermediate_size, "moe_mlp", name="shared")(x_BxTxH)

@@ -8,15 +8,28 @@ Dispatch is dropless: the `tokens * k` (token, expert) assignments are sorted by
 expert multiplies only its own rows, either with `jax.lax.ragged_dot` (TPU/GPU grouped matmul) or
 with expert-aligned tiles and a batched matmul (fast on every backend, including XLA:CPU, which
 expands `ragged_dot` into a dense dot over every expert).
+
+On a mesh, `expert_parallel_dispatch` runs the same computation in `shard_map`: each device holds
+`E / ep` whole experts; the tokens of the expert-parallel group are all-gathered (they are needed by
+~all shards: a token's top-8 of 256 experts spans ~7 of 8 shards), each device multiplies only the
+assignments to its own experts, and a reduce-scatter returns every token's sum to its owner. The
+backward pass is the mirror image (all-gather <-> reduce-scatter), and nothing of size
+`tokens * top_k * width` crosses devices.
+
+Shape legend: T tokens, G tokens gathered over the expert-parallel group, K top-k, M assignment rows,
+D embed (hidden), F expert width, E experts (`E_l` on one device).
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from dmax_jax import sharding
 
 
 class ExpertWeights(NamedTuple):
@@ -117,6 +130,15 @@ def resolve_impl(impl: str) -> str:
   return "tiled" if jax.default_backend() == "cpu" else "ragged"
 
 
+def _grouped_experts(rows_MxD, group_sizes_E, experts: ExpertWeights, impl: str, max_tile: int):
+  impl = resolve_impl(impl)
+  if impl == "ragged":
+    return _ragged_experts(rows_MxD, group_sizes_E, experts, rows_MxD.dtype)
+  if impl == "tiled":
+    return _tiled_experts(rows_MxD, group_sizes_E, experts, rows_MxD.dtype, max_tile)
+  raise ValueError(f"unknown MoE implementation {impl!r}")
+
+
 def dispatch_experts(x_TxD: jax.Array, expert_ids_TxK: jax.Array, weights_TxK: jax.Array,
                      experts: ExpertWeights, *, impl: str = "auto", max_tile: int = 64) -> jax.Array:
   """Dropless routed-expert output `sum_k weight_k * expert_k(x)`.
@@ -134,13 +156,83 @@ def dispatch_experts(x_TxD: jax.Array, expert_ids_TxK: jax.Array, weights_TxK: j
   order_M = jnp.argsort(flat_M, stable=True)
   rows_MxD = x_TxD[order_M // top_k]
   group_sizes_E = jnp.bincount(flat_M, length=num_experts).astype(jnp.int32)
-  impl = resolve_impl(impl)
-  if impl == "ragged":
-    out_MxD = _ragged_experts(rows_MxD, group_sizes_E, experts, x_TxD.dtype)
-  elif impl == "tiled":
-    out_MxD = _tiled_experts(rows_MxD, group_sizes_E, experts, x_TxD.dtype, max_tile)
-  else:
-    raise ValueError(f"unknown MoE implementation {impl!r}")
+  out_MxD = _grouped_experts(rows_MxD, group_sizes_E, experts, impl, max_tile)
   unsorted_MxD = jnp.zeros_like(out_MxD).at[order_M].set(out_MxD)
   per_slot_TxKxD = unsorted_MxD.reshape(num_tokens, top_k, -1).astype(jnp.float32)
   return jnp.einsum("tkd,tk->td", per_slot_TxKxD, weights_TxK).astype(x_TxD.dtype)
+
+
+def _local_expert_outputs(x_GxD, local_ids_GxK, weights_GxK, experts: ExpertWeights, impl: str,
+                          max_tile: int) -> jax.Array:
+  """`sum_k weight_k * expert_k(x)` over the assignments to this device's experts only.
+
+  `local_ids_GxK` holds local expert indices in `[0, E_l)` and `E_l` for assignments elsewhere: those
+  sort last, fall outside every group (the grouped matmul skips them) and are masked out.
+  Returns float32 `[G, D]`.
+  """
+  num_tokens, top_k = local_ids_GxK.shape
+  num_local = experts.gate.shape[0]
+  flat_M = local_ids_GxK.reshape(-1)
+  order_M = jnp.argsort(flat_M, stable=True)
+  rows_MxD = x_GxD[order_M // top_k]
+  group_sizes_E = jnp.bincount(flat_M, length=num_local + 1)[:num_local].astype(jnp.int32)
+  out_MxD = _grouped_experts(rows_MxD, group_sizes_E, experts, impl, max_tile)
+  # Weighted rows are summed straight into their tokens: no [M, D] unsort buffer (M is the worst case).
+  weights_M = jnp.where(flat_M[order_M] < num_local, weights_GxK.reshape(-1)[order_M], 0.0)
+  weighted_MxD = jnp.where(weights_M[:, None] != 0, out_MxD.astype(jnp.float32) * weights_M[:, None], 0.0)
+  return jnp.zeros((num_tokens, out_MxD.shape[1]), jnp.float32).at[order_M // top_k].add(weighted_MxD)
+
+
+def expert_parallel_moe(x_BxTxD: jax.Array, router_logits_BxTxE: jax.Array, expert_bias_E: jax.Array,
+                        experts: ExpertWeights, *, route_fn: Callable, token_spec: P, expert_axes: tuple[str, ...],
+                        mlp_axes: tuple[str, ...] = (), impl: str = "auto", max_tile: int = 64
+                        ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Routing and `dispatch_experts` in `shard_map` over the context mesh: every device routes its own
+  tokens, and the tokens travel to the devices of their experts.
+
+  Args:
+    x_BxTxD: `[batch, seq, embed]` in the compute dtype, sharded as `token_spec` (batch, seq, None).
+    router_logits_BxTxE, expert_bias_E: the inputs of `route_fn` (e.g. `route` with the config bound).
+    experts: weights in the compute dtype, expert dimension sharded over `expert_axes` (whole experts
+      per device), width over `mlp_axes`.
+  Returns:
+    `(out [batch, seq, embed] in the dtype of x, expert_ids [batch, seq, top_k], weights [batch, seq,
+    top_k])`, sharded like `x_BxTxD`.
+  """
+  sizes = dict(jax.sharding.get_abstract_mesh().shape)
+  token_axes = sum(map(sharding.mesh_axes_of, token_spec[:2]), ())
+  expert_axes, mlp_axes = (tuple(a for a in axes if sizes[a] > 1) for axes in (expert_axes, mlp_axes))
+  ep_size = math.prod(sizes[a] for a in expert_axes)
+  num_experts = experts.gate.shape[0]
+  if num_experts % ep_size:
+    raise ValueError(f"{num_experts} experts cannot be split over the expert-parallel mesh axes "
+                     f"{expert_axes} of size {ep_size}")
+  num_local = num_experts // ep_size
+  gather_axes = tuple(a for a in expert_axes if a in token_axes)
+  # Tokens replicated over an expert-parallel axis already sit on every shard: sum their outputs there.
+  sum_axes = tuple(a for a in expert_axes if a not in token_axes) + mlp_axes
+
+  @jax.named_scope("expert_parallel_moe")  # shard_map bodies start a fresh name stack
+  def local(x_BxTxD, logits_BxTxE, bias_E, gate, up, down):
+    b, t, d = x_BxTxD.shape
+    ids_TxK, w_TxK = route_fn(logits_BxTxE.reshape(b * t, -1), bias_E)
+    x_GxD, ids_GxK, w_GxK = x_BxTxD.reshape(b * t, d), ids_TxK, w_TxK
+    if gather_axes:
+      x_GxD, ids_GxK, w_GxK = (jax.lax.all_gather(a, gather_axes, axis=0, tiled=True)
+                               for a in (x_GxD, ids_GxK, w_GxK))
+    first = jax.lax.axis_index(expert_axes) * num_local if expert_axes else 0
+    local_ids = ids_GxK - first
+    local_ids = jnp.where((local_ids >= 0) & (local_ids < num_local), local_ids, num_local)
+    y_GxD = _local_expert_outputs(x_GxD, local_ids, w_GxK, ExpertWeights(gate, up, down), impl, max_tile)
+    y_TxD = y_GxD.astype(x_BxTxD.dtype)
+    if gather_axes:
+      y_TxD = jax.lax.psum_scatter(y_TxD, gather_axes, scatter_dimension=0, tiled=True)
+    if sum_axes:
+      y_TxD = jax.lax.psum(y_TxD, sum_axes)
+    return y_TxD.reshape(b, t, d), ids_TxK.reshape(b, t, -1), w_TxK.reshape(b, t, -1)
+
+  expert_in = P(expert_axes or None, None, mlp_axes or None)
+  expert_out = P(expert_axes or None, mlp_axes or None, None)
+  return jax.shard_map(local, in_specs=(token_spec, token_spec, P(None), expert_in, expert_in, expert_out),
+                       out_specs=(token_spec,) * 3)(x_BxTxD, router_logits_BxTxE, expert_bias_E, *experts)
+

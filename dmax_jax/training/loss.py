@@ -15,7 +15,8 @@ import jax.numpy as jnp
 
 from dmax_jax.config import ModelConfig
 from dmax_jax.layers.attention import mask_to_bias
-from dmax_jax.model import Transformer, apply_model, embed_tokens
+from dmax_jax.layers import vocab_parallel
+from dmax_jax.model import Transformer, apply_model, embed_tokens, lm_head_weight
 
 IGNORE_INDEX = -100
 
@@ -33,15 +34,32 @@ def block_diffusion_mask(seq_len: int, block_size: int) -> jax.Array:
   return jnp.concatenate([noisy_rows, clean_rows], axis=0)
 
 
-def _noisy_half_logits(config: ModelConfig, variables: Any, input_ids_Bx2L, bias) -> jax.Array:
-  """Float32 logits `[batch, L, vocab]` of the noisy half only (the LM head never sees the clean half)."""
+def _noisy_half_hidden(config: ModelConfig, variables: Any, input_ids_Bx2L, bias) -> jax.Array:
+  """Final-normed hidden states `[batch, L, hidden]` of the noisy half, in the compute dtype."""
   seq_len = input_ids_Bx2L.shape[1] // 2
   positions = jnp.tile(jnp.arange(seq_len, dtype=jnp.int32), 2)[None]
   positions = jnp.broadcast_to(positions, input_ids_Bx2L.shape)
   hidden, _ = apply_model(config, variables, embed_tokens(config, variables, input_ids_Bx2L), positions,
                           bias, return_hidden=True)
-  return Transformer(config).apply(variables, hidden[:, :seq_len], method=Transformer.logits)
+  return hidden[:, :seq_len].astype(jnp.dtype(config.dtype))
 
+
+def _head_scores(config: ModelConfig, variables: Any, hidden_BxLxH, targets_BxL=None) -> jax.Array:
+  """Per position: the cross-entropy against `targets_BxL` (float32), or without targets the argmax id.
+
+  The LM head only ever sees the noisy half. `parallelism="gspmd"` materialises the logits and leaves
+  their layout to the partitioner (the measured baseline); otherwise the vocabulary-parallel head.
+  """
+  if config.parallelism == "gspmd":
+    logits = Transformer(config).apply(variables, hidden_BxLxH, method=Transformer.logits)
+    if targets_BxL is None:
+      return jnp.argmax(logits, axis=-1)
+    label_logit = jnp.take_along_axis(logits, targets_BxL[..., None], axis=-1)[..., 0]
+    return jax.nn.logsumexp(logits, axis=-1) - label_logit
+  w = lm_head_weight(config, variables)
+  if targets_BxL is None:
+    return vocab_parallel.argmax(hidden_BxLxH, w)
+  return vocab_parallel.cross_entropy(hidden_BxLxH, w, targets_BxL)
 
 def oput_loss_terms(config: ModelConfig, variables: Any, noisy_ids_BxL, clean_ids_BxL, labels_BxL,
                     flags_B, block_size: int, on_policy: bool = True) -> tuple[jax.Array, jax.Array]:
@@ -57,18 +75,16 @@ def oput_loss_terms(config: ModelConfig, variables: Any, noisy_ids_BxL, clean_id
 
   def rollout():
     frozen = jax.lax.stop_gradient(variables)
-    logits = _noisy_half_logits(config, frozen, jnp.concatenate([noisy_ids_BxL, clean_ids_BxL], 1), bias)
-    guess = jnp.argmax(logits, axis=-1).astype(noisy_ids_BxL.dtype)
+    hidden = _noisy_half_hidden(config, frozen, jnp.concatenate([noisy_ids_BxL, clean_ids_BxL], 1), bias)
+    guess = _head_scores(config, frozen, hidden).astype(noisy_ids_BxL.dtype)
     return jnp.where(masked & flags_B[:, None], guess, noisy_ids_BxL)
 
   flags_B = jnp.asarray(flags_B, bool)
   # Rows without the flag keep their masked input; skip the rollout when no row needs it.
   policy_ids = jax.lax.cond(jnp.any(flags_B), rollout, lambda: noisy_ids_BxL) if on_policy else noisy_ids_BxL
-  logits = _noisy_half_logits(config, variables, jnp.concatenate([policy_ids, clean_ids_BxL], 1), bias)
+  hidden = _noisy_half_hidden(config, variables, jnp.concatenate([policy_ids, clean_ids_BxL], 1), bias)
   valid = labels_BxL != IGNORE_INDEX
-  targets = jnp.where(valid, labels_BxL, 0)
-  label_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-  ce = jax.nn.logsumexp(logits, axis=-1) - label_logit
+  ce = _head_scores(config, variables, hidden, jnp.where(valid, labels_BxL, 0))
   return jnp.sum(jnp.where(valid, ce, 0.0)), jnp.sum(valid).astype(jnp.float32)
 
 

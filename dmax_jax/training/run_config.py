@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from dmax_jax.config import DTYPES, MOE_IMPLS, REMAT_POLICIES, ConfigError
+from dmax_jax.config import DTYPES, MOE_IMPLS, PARALLELISMS, REMAT_POLICIES, ConfigError
 from dmax_jax.sharding import MESH_AXES
 
 
@@ -27,6 +27,7 @@ class ModelSection:
   dtype: str = "float32"  # compute dtype; "bfloat16" keeps float32 params / optimizer state
   remat_policy: str = "none"
   moe_impl: str = "auto"
+  parallelism: str = "expert_parallel"  # or "gspmd": the pre-expert-parallel layout (a measured baseline)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +171,7 @@ def _validate(cfg: RunConfig) -> None:
   for key, value, allowed in (("model.param_dtype", m.param_dtype, DTYPES), ("model.dtype", m.dtype, DTYPES),
                               ("model.remat_policy", m.remat_policy, REMAT_POLICIES),
                               ("model.moe_impl", m.moe_impl, MOE_IMPLS),
+                              ("model.parallelism", m.parallelism, PARALLELISMS),
                               ("train.schedule", t.schedule, ("cosine", "linear", "constant"))):
     if value not in allowed:
       raise ConfigError(f"{key} must be one of {allowed}, got {value!r}")

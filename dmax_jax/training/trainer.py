@@ -60,14 +60,14 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
 def model_config(cfg: RunConfig) -> ModelConfig:
   m = cfg.model
   return ModelConfig.from_json(m.path or m.config, param_dtype=m.param_dtype, dtype=m.dtype,
-                               remat_policy=m.remat_policy, moe_impl=m.moe_impl)
+                               remat_policy=m.remat_policy, moe_impl=m.moe_impl, parallelism=m.parallelism)
 
 
 def initial_variables(cfg: RunConfig, model_cfg: ModelConfig, mesh) -> dict:
   """The starting weights, created directly with their shardings: a checkpoint or a random init."""
   m = cfg.model
   if m.path is not None:
-    _, variables = load_model(m.path, dtype=m.param_dtype, mesh=mesh)  # run-time options live in model_cfg
+    _, variables = load_model(m.path, dtype=m.param_dtype, mesh=mesh, parallelism=m.parallelism)
     return variables
   init = jax.jit(lambda key: nn.unbox(init_variables(model_cfg, key)),
                  out_shardings=variable_shardings(model_cfg, mesh))
@@ -123,7 +123,7 @@ def run(cfg: RunConfig, progress: bool = True, echo: Callable[[str], None] = pri
   latest = manager.latest_step() if cfg.checkpoint.resume else None
   if latest is None:
     variables = initial_variables(cfg, model_cfg, mesh)  # outside use_mesh: loading traces abstract shapes
-  with sharding.use_mesh(mesh):
+  with sharding.use_mesh(mesh, model_cfg.parallelism):
     if latest is not None:
       state = checkpointing.restore(manager, latest, abstract, data_iter)
       start = latest

@@ -7,7 +7,7 @@ import json
 from typing import Any, Iterable, Sequence
 
 from dmax_jax.experiments.tiny_dmax import task
-from dmax_jax.experiments.tiny_dmax.files import write_text_atomic
+from dmax_jax.io import write_text_atomic
 
 
 def chat_row(question: str, answer: str, flag: bool) -> dict[str, Any]:

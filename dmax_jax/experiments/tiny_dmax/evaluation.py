@@ -13,7 +13,7 @@ import os
 from typing import Sequence
 
 from dmax_jax.experiments.tiny_dmax import task
-from dmax_jax.experiments.tiny_dmax.files import write_text_atomic
+from dmax_jax.io import write_text_atomic
 
 
 @dataclasses.dataclass(frozen=True)

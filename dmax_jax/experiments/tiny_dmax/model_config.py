@@ -13,7 +13,7 @@ from typing import Any
 
 from dmax_jax import flops
 from dmax_jax.config import ModelConfig
-from dmax_jax.experiments.tiny_dmax.files import write_text_atomic
+from dmax_jax.io import write_text_atomic
 
 # Keys of the official config.json that the JAX model does not read but the PyTorch class expects.
 _HF_CONSTANTS = {

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from tqdm import tqdm
 
 from dmax_jax.experiments.tiny_dmax import data, evaluation, model_config, task, tokenizer
-from dmax_jax.experiments.tiny_dmax.files import write_text_atomic
+from dmax_jax.io import write_text_atomic
 
 STAGES = ("prepare", "base", "trajectories", "dmax", "evaluate")
 BASE, DMAX = "base", "DMax-tiny"

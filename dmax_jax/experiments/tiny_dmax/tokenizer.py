@@ -22,7 +22,7 @@ from typing import Iterable
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
 from dmax_jax.experiments.tiny_dmax import task
-from dmax_jax.experiments.tiny_dmax.files import write_text_atomic
+from dmax_jax.io import write_text_atomic
 
 EOS_TOKEN = "<|endoftext|>"  # also the pad token
 MASK_TOKEN = "<|mask|>"

@@ -1,0 +1,51 @@
+"""Token-embedding lookup from a table sharded by embedding columns.
+
+The table `[vocab, embed]` is sharded over its columns (the `table_embed` rule), so every device can
+look up any token. On a mesh each device gathers the token ids of the devices that share its columns
+(4 bytes a token), looks up its columns for all of them, and one all-to-all hands every device the full
+rows of its own tokens: `tokens x embed` bytes move, never the table, and nothing is summed.
+
+Shape legend: B batch, T positions, N tokens, D embed, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from dmax_jax import sharding
+
+
+def lookup(table_VxD: jax.Array, ids_BxT: jax.Array) -> jax.Array:
+  """`table[ids]`, `[batch, seq, D]`; in `shard_map` over the context mesh when there is one."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.size <= 1:
+    return jnp.take(table_VxD, ids_BxT, axis=0)
+  sizes = dict(mesh.shape)
+  column_axes = tuple(a for a in sharding.mesh_axes_of(nn.logical_to_mesh_axes(("table_vocab", "table_embed"))[1])
+                      if sizes[a] > 1)
+  spec = sharding.fitted_spec(("batch", "length"), ids_BxT.shape)
+  token_axes = sum(map(sharding.mesh_axes_of, spec), ())
+  exchange_axes = tuple(a for a in column_axes if a in token_axes)
+  gather_axes = tuple(a for a in column_axes if a not in token_axes)
+  if column_axes != gather_axes + exchange_axes:
+    raise ValueError(f"the table_embed rule {column_axes} must list the mesh axes that do not shard tokens "
+                     f"{gather_axes} before those that do {exchange_axes}")
+
+  @jax.named_scope("embedding_lookup")  # shard_map bodies start a fresh name stack
+  def local(table_VxD, ids_BxT):
+    b, t = ids_BxT.shape
+    ids_N = ids_BxT.reshape(b * t)
+    if exchange_axes:
+      ids_N = jax.lax.all_gather(ids_N, exchange_axes, axis=0, tiled=True)
+    rows_NxD = jnp.take(table_VxD, ids_N, axis=0)
+    if exchange_axes:  # all tokens x my columns -> my tokens x the columns of the exchange group
+      rows_NxD = jax.lax.all_to_all(rows_NxD, exchange_axes, split_axis=0, concat_axis=1, tiled=True)
+    if gather_axes:
+      rows_NxD = jax.lax.all_gather(rows_NxD, gather_axes, axis=1, tiled=True, to="invarying")
+    return rows_NxD.reshape(b, t, -1)
+
+  return jax.shard_map(local, in_specs=(P(None, column_axes or None), spec),
+                       out_specs=P(*spec, None))(table_VxD, ids_BxT)
