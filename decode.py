@@ -136,7 +136,7 @@ def main(argv=None) -> int:
   mesh = None
   if args.mesh:
     try:
-      mesh = sharding.make_mesh({k: int(v) for k, v in (item.split("=") for item in args.mesh.split(","))})
+      mesh = sharding.make_mesh(sharding.parse_mesh(args.mesh))
     except ValueError as e:
       raise SystemExit(f"error: --mesh {args.mesh!r}: {e}")
   cfg, variables = load_model(args.ckpt, mesh=mesh)

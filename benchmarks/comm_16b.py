@@ -45,10 +45,6 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 SCHEMES = ("gspmd", "expert_parallel")
 
 
-def parse_mesh(spec: str) -> dict[str, int]:
-  return {k: int(v) for k, v in (item.split("=") for item in spec.split(","))}
-
-
 @contextlib.contextmanager
 def grouped_matmul_standin():
   """Replaces the ragged grouped matmul by plain dots of the same shapes: compile-only, wrong values, the
@@ -180,7 +176,7 @@ def main(argv=None) -> int:
   per = total_flops(model_config(run_cfg, "expert_parallel"), run_cfg)
   report["total_matmul_flops_by_primitive"] = per
   for spec in filter(None, args.meshes.split(";")):
-    mesh = sharding.make_mesh(parse_mesh(spec))
+    mesh = sharding.make_mesh(sharding.parse_mesh(spec))
     rows = {}
     for scheme in SCHEMES:
       cfg = model_config(run_cfg, scheme)

@@ -103,7 +103,7 @@ def main(argv=None) -> int:
   report["compiles"].append(entry)
   print(f"single device: compiled in {secs:.1f} s; memory/device (GB) {entry['memory_gb_per_device']}")
   for spec in filter(None, args.meshes.split(";")):
-    shape = {k: int(v) for k, v in (item.split("=") for item in spec.split(","))}
+    shape = sharding.parse_mesh(spec)
     compiled, secs = compile_block_step(cfg, args.batch, args.block_length, args.context, sharding.make_mesh(shape))
     report["compiles"].append({"mesh": spec, "compile_s": secs, "memory_gb_per_device": memory_gb(compiled)})
     print(f"mesh {spec}: compiled in {secs:.1f} s; memory/device (GB) {memory_gb(compiled)}")

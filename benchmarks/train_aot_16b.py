@@ -52,7 +52,7 @@ def main(argv=None):
   m = run_cfg.model
   cfg = ModelConfig.from_json(m.config, param_dtype=m.param_dtype, dtype=m.dtype, remat_policy=m.remat_policy,
                               moe_impl=args.moe_impl, parallelism=args.parallelism)
-  mesh = sharding.make_mesh({k: int(v) for k, v in (kv.split("=") for kv in args.mesh.split(","))})
+  mesh = sharding.make_mesh(sharding.parse_mesh(args.mesh))
   t = run_cfg.train
   seq = run_cfg.data.max_seq_len
   step, tx, abstract = make_train_step(cfg, t, 1000, mesh)

@@ -89,6 +89,17 @@ def mesh_axes_of(spec_entry: Any) -> tuple[str, ...]:
   return (spec_entry,) if isinstance(spec_entry, str) else tuple(spec_entry)
 
 
+def parse_mesh(spec: str) -> dict[str, int]:
+  """`"fsdp=8,expert=4"` -> `{"fsdp": 8, "expert": 4}` (command-line mesh flags)."""
+  shape = {}
+  for item in filter(None, (part.strip() for part in spec.split(","))):
+    name, sep, size = item.partition("=")
+    if not sep or not size.strip().lstrip("-").isdigit():
+      raise ValueError(f"mesh {spec!r}: expected axis=size[,axis=size...] with axes from {MESH_AXES}, got {item!r}")
+    shape[name.strip()] = int(size)
+  return shape
+
+
 def make_mesh(shape: dict[str, int] | Sequence[int] | None = None,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A mesh over `MESH_AXES`. `shape` maps axis name -> size (missing axes = 1, one axis may be -1 to

@@ -90,10 +90,11 @@ def test_generation_is_one_program(tiny_model, prompts):
   assert _generate._cache_size() == compiled
 
 
-def test_sharded_decoding_equals_single_device(tiny_model, prompts):
+@pytest.mark.parametrize("mesh_shape", [{"data": 2, "expert": 2, "tensor": 2}, {"expert": 8}])
+def test_sharded_decoding_equals_single_device(tiny_model, prompts, mesh_shape):
   cfg, variables = tiny_model
   want = generate(cfg, variables, prompts, _options("spd"))
-  mesh = sharding.make_mesh({"data": 2, "expert": 2, "tensor": 2})
+  mesh = sharding.make_mesh(mesh_shape)
   placed = jax.device_put(variables, variable_shardings(cfg, mesh))
   assert placed["params"]["moe_layers"]["layers"]["mlp"]["experts_gate"].sharding.spec[1] == ("expert", "fsdp")
   with sharding.use_mesh(mesh):
