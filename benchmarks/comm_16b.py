@@ -2,7 +2,7 @@
 """Collectives, per-device matmul FLOPs and memory of the 16B OPUT train step and the 16B SPD block step
 on simulated 32-device meshes, expert-parallel (default) against the GSPMD baseline, in one run.
 
-  python benchmarks/comm_16b.py                       # the three 32-device meshes, both schemes
+  python benchmarks/comm_16b.py                       # four 32-device meshes, both schemes
   python benchmarks/comm_16b.py --meshes fsdp=8,expert=4 --json out.json
 
 Everything is abstract (`ShapeDtypeStruct`s); nothing is allocated. Bytes are read from the module right

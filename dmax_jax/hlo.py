@@ -148,7 +148,7 @@ def parse(hlo_text: str) -> list[Collective]:
       if not m or (kind := _base_kind(m.group(2))) is None:
         continue
       result = m.group(1)
-      if m.group(2).endswith("-start"):  # async start: result is (operands, outputs[, scratch])
+      if m.group(2).endswith("-start") and result.startswith("("):  # (operands, outputs[, scratch])
         result = _async_output(result)
       op_name = m.group(1) if (m := _OP_NAME.search(line)) else ""
       found.append(Collective(kind, shape_bytes(result), _group_size(line), max(module.multiplier[name], 1),

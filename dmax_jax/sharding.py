@@ -25,10 +25,12 @@ MESH_AXES = ("data", "fsdp", "expert", "tensor")
 # whole; the LM head shards `vocab` over every axis and keeps `embed` whole; the embedding table
 # shards its embedding columns, so a lookup needs only the token ids of the others).
 LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
-    # activations: logits over the LM head's vocabulary shards (before the rows take fsdp); rows over
-    # data x fsdp, positions over expert (sequence parallel outside the MoE)
+    # activations: logits over the LM head's vocabulary shards (before the rows take fsdp; their rows
+    # then fall back to data); rows over data x fsdp, positions over expert (sequence parallel outside
+    # the MoE)
     ("act_vocab", ("tensor", "fsdp", "expert")),
     ("batch", ("data", "fsdp")),
+    ("batch", "data"),
     ("length", "expert"),
     ("kv_length", None),
     ("cache_length", None),

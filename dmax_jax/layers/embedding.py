@@ -1,9 +1,10 @@
 """Token-embedding lookup from a table sharded by embedding columns.
 
 The table `[vocab, embed]` is sharded over its columns (the `table_embed` rule), so every device can
-look up any token. On a mesh each device gathers the token ids of the devices that share its columns
-(4 bytes a token), looks up its columns for all of them, and one all-to-all hands every device the full
-rows of its own tokens: `tokens x embed` bytes move, never the table, and nothing is summed.
+look up any token. On a mesh each device gathers the token ids of the devices whose tokens it shares
+column work with (4 bytes a token), looks up its columns for all of them, and one all-to-all hands every
+device its own tokens' columns (an all-gather adds the columns of axes that do not shard tokens):
+`tokens x embed` bytes move, never the table, and nothing is summed.
 
 Shape legend: B batch, T positions, N tokens, D embed, V vocabulary.
 """
@@ -30,9 +31,7 @@ def lookup(table_VxD: jax.Array, ids_BxT: jax.Array) -> jax.Array:
   token_axes = sum(map(sharding.mesh_axes_of, spec), ())
   exchange_axes = tuple(a for a in column_axes if a in token_axes)
   gather_axes = tuple(a for a in column_axes if a not in token_axes)
-  if column_axes != gather_axes + exchange_axes:
-    raise ValueError(f"the table_embed rule {column_axes} must list the mesh axes that do not shard tokens "
-                     f"{gather_axes} before those that do {exchange_axes}")
+  block_order = [column_axes.index(a) for a in gather_axes + exchange_axes]
 
   @jax.named_scope("embedding_lookup")  # shard_map bodies start a fresh name stack
   def local(table_VxD, ids_BxT):
@@ -45,7 +44,11 @@ def lookup(table_VxD: jax.Array, ids_BxT: jax.Array) -> jax.Array:
       rows_NxD = jax.lax.all_to_all(rows_NxD, exchange_axes, split_axis=0, concat_axis=1, tiled=True)
     if gather_axes:
       rows_NxD = jax.lax.all_gather(rows_NxD, gather_axes, axis=1, tiled=True, to="invarying")
-    return rows_NxD.reshape(b, t, -1)
+    # Column blocks arrived ordered (gather axes, exchange axes); the table orders them as its rule.
+    blocks = rows_NxD.reshape(b * t, *(sizes[column_axes[i]] for i in block_order), -1)
+    blocks = jnp.transpose(blocks, (0, *(1 + block_order.index(i) for i in range(len(column_axes))),
+                                    blocks.ndim - 1))
+    return blocks.reshape(b, t, -1)
 
   return jax.shard_map(local, in_specs=(P(None, column_axes or None), spec),
                        out_specs=P(*spec, None))(table_VxD, ids_BxT)

@@ -9,15 +9,17 @@ expert multiplies only its own rows, either with `jax.lax.ragged_dot` (TPU/GPU g
 with expert-aligned tiles and a batched matmul (fast on every backend, including XLA:CPU, which
 expands `ragged_dot` into a dense dot over every expert).
 
-On a mesh, `expert_parallel_dispatch` runs the same computation in `shard_map`: each device holds
-`E / ep` whole experts; the tokens of the expert-parallel group are all-gathered (they are needed by
-~all shards: a token's top-8 of 256 experts spans ~7 of 8 shards), each device multiplies only the
-assignments to its own experts, and a reduce-scatter returns every token's sum to its owner. The
-backward pass is the mirror image (all-gather <-> reduce-scatter), and nothing of size
-`tokens * top_k * width` crosses devices.
+On a mesh, `expert_parallel_moe` runs routing and the same dispatch in `shard_map`: each device holds
+`E / ep` whole experts; the tokens of the expert-parallel group are all-gathered, each device multiplies
+only the assignments to its own experts, and a reduce-scatter returns every token's sum to its owner
+(partial sums in the compute dtype). The backward pass is the mirror image (all-gather <->
+reduce-scatter), and nothing of size `tokens * top_k * width` crosses devices. An all-gather is dropless
+with static shapes and runs on every backend; it sends each token to every shard of the group, where a
+token-to-expert all-to-all would send it only to the shards of its experts (at most top_k, fewer with
+group-limited routing) but needs a capacity limit or `ragged_all_to_all` (not on XLA:CPU).
 
-Shape legend: T tokens, G tokens gathered over the expert-parallel group, K top-k, M assignment rows,
-D embed (hidden), F expert width, E experts (`E_l` on one device).
+Shape legend: B batch, T positions or tokens, G tokens gathered over the expert-parallel group, K top-k,
+M assignment rows, D embed (hidden), F expert width, E experts (`E_l` on one device).
 """
 
 from __future__ import annotations
@@ -167,8 +169,8 @@ def _local_expert_outputs(x_GxD, local_ids_GxK, weights_GxK, experts: ExpertWeig
   """`sum_k weight_k * expert_k(x)` over the assignments to this device's experts only.
 
   `local_ids_GxK` holds local expert indices in `[0, E_l)` and `E_l` for assignments elsewhere: those
-  sort last, fall outside every group (the grouped matmul skips them) and are masked out.
-  Returns float32 `[G, D]`.
+  sort last and fall outside every group (`ragged` skips them; `tiled`, the CPU kernel, computes them
+  with the last expert's weights) and are masked out. Returns float32 `[G, D]`.
   """
   num_tokens, top_k = local_ids_GxK.shape
   num_local = experts.gate.shape[0]
@@ -178,8 +180,9 @@ def _local_expert_outputs(x_GxD, local_ids_GxK, weights_GxK, experts: ExpertWeig
   group_sizes_E = jnp.bincount(flat_M, length=num_local + 1)[:num_local].astype(jnp.int32)
   out_MxD = _grouped_experts(rows_MxD, group_sizes_E, experts, impl, max_tile)
   # Weighted rows are summed straight into their tokens: no [M, D] unsort buffer (M is the worst case).
-  weights_M = jnp.where(flat_M[order_M] < num_local, weights_GxK.reshape(-1)[order_M], 0.0)
-  weighted_MxD = jnp.where(weights_M[:, None] != 0, out_MxD.astype(jnp.float32) * weights_M[:, None], 0.0)
+  is_local_M = flat_M[order_M] < num_local
+  weights_M = weights_GxK.reshape(-1)[order_M]
+  weighted_MxD = jnp.where(is_local_M[:, None], out_MxD.astype(jnp.float32) * weights_M[:, None], 0.0)
   return jnp.zeros((num_tokens, out_MxD.shape[1]), jnp.float32).at[order_M // top_k].add(weighted_MxD)
 
 
