@@ -6,21 +6,30 @@ import json
 import os
 from typing import Any
 
+from dmax_jax.io import write_text_atomic
+
 
 class MetricsWriter:
   """Writes `{step, **metrics}` rows to `<dir>/metrics.jsonl` and scalars to TensorBoard (`<dir>/tb`)."""
 
-  def __init__(self, directory: str, tensorboard: bool = True, enabled: bool = True):
+  def __init__(self, directory: str, tensorboard: bool = True, enabled: bool = True, start_step: int = 0):
+    """`start_step`: the step the run (re)starts from; rows logged after it by an interrupted run are
+    dropped, since those steps are about to be run again."""
     self.enabled = enabled
     self._jsonl = None
     self._tb = None
     if not enabled:
       return
     os.makedirs(directory, exist_ok=True)
-    self._jsonl = open(os.path.join(directory, "metrics.jsonl"), "a", buffering=1)
+    path = os.path.join(directory, "metrics.jsonl")
+    if os.path.exists(path):
+      with open(path) as f:
+        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= start_step]
+      write_text_atomic(path, kept)
+    self._jsonl = open(path, "a", buffering=1)
     if tensorboard:
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(directory, "tb"))
+      self._tb = SummaryWriter(os.path.join(directory, "tb"), purge_step=start_step + 1)
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
     if not self.enabled:

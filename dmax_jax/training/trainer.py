@@ -21,7 +21,7 @@ from dmax_jax.checkpoint.convert import variables_to_hf
 from dmax_jax.config import ConfigError, ModelConfig
 from dmax_jax.loading import load_model
 from dmax_jax.model import init_variables, variable_shardings
-from dmax_jax.training import checkpointing
+from dmax_jax.training import checkpointing, preemption, run_record
 from dmax_jax.training.data import JsonlSource, make_dataset
 from dmax_jax.training.metrics import MetricsWriter
 from dmax_jax.training.run_config import RunConfig
@@ -35,13 +35,14 @@ class NonFiniteLoss(RuntimeError):
 
 @dataclasses.dataclass
 class RunSummary:
-  status: str  # "finished" | "nonfinite"
+  status: str  # "finished" | "nonfinite" | "interrupted"
   start_step: int
   final_step: int
   total_steps: int
   last_metrics: dict[str, float]
   checkpoint_dir: str
   export_dir: str | None = None
+  signal_exit_code: int | None = None  # 128 + signal number when a signal stopped the run
 
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -96,8 +97,11 @@ def total_steps(cfg: RunConfig, num_rows: int) -> int:
   return steps
 
 
-def run(cfg: RunConfig, progress: bool = True, echo: Callable[[str], None] = print) -> RunSummary:
-  """Trains according to `cfg`; resumes from the latest checkpoint in the checkpoint dir if any."""
+def run(cfg: RunConfig, progress: bool = True, echo: Callable[[str], None] = print,
+        allow_config_change: bool = False) -> RunSummary:
+  """Trains according to `cfg`; resumes from the latest checkpoint in the checkpoint dir if any (refusing
+  a config that differs from the stored one, see `run_record`). SIGTERM/SIGINT end the run after the
+  current step with a checkpoint (status "interrupted", `RunSummary.signal_exit_code`)."""
   is_main = jax.process_index() == 0
   if cfg.train.export_hf and jax.process_count() > 1:
     raise ConfigError("train.export_hf works in single-process runs; export a restored checkpoint instead")
@@ -118,9 +122,17 @@ def run(cfg: RunConfig, progress: bool = True, echo: Callable[[str], None] = pri
   data_iter = iter(dataset)
   manager = checkpointing.make_manager(cfg.checkpoint_dir, cfg.checkpoint.every_steps, cfg.checkpoint.keep,
                                        cfg.checkpoint.async_save)
-  writer = MetricsWriter(cfg.train.output_dir, cfg.train.tensorboard, enabled=is_main)
   tokens_per_step = cfg.train.global_batch_size * cfg.data.max_seq_len
   latest = manager.latest_step() if cfg.checkpoint.resume else None
+  if latest is not None:
+    try:
+      run_record.check_resume(cfg, allow_config_change)
+    except ConfigError:
+      manager.close()
+      raise
+  if is_main:
+    run_record.record(cfg)
+  writer = MetricsWriter(cfg.train.output_dir, cfg.train.tensorboard, enabled=is_main, start_step=latest or 0)
   if latest is None:
     variables = initial_variables(cfg, model_cfg, mesh)  # outside use_mesh: loading traces abstract shapes
   with sharding.use_mesh(mesh, model_cfg.parallelism):
@@ -153,7 +165,9 @@ def run(cfg: RunConfig, progress: bool = True, echo: Callable[[str], None] = pri
       bar.update(1)
 
     step, pending, saved, status = start, None, latest, "finished"
+    stop = preemption.StopRequest()
     try:
+      stop.install()
       while step < steps:
         try:
           host_batch = next(data_iter)
@@ -169,10 +183,16 @@ def run(cfg: RunConfig, progress: bool = True, echo: Callable[[str], None] = pri
           pending = None
           checkpointing.save(manager, step, state, data_iter, force=True)
           saved = step
+        if stop.should_stop(step):
+          status = "interrupted"
+          break
       if pending is not None:
         report(*pending)
       if saved != step:
         checkpointing.save(manager, step, state, data_iter, force=True)
+      if status == "interrupted" and is_main:
+        echo(f"\nstopped by {stop.name} after step {step}: checkpoint saved in {cfg.checkpoint_dir}; "
+             "rerun the same command to resume")
     except NonFiniteLoss as e:
       status = "nonfinite"
       if is_main:
@@ -183,6 +203,7 @@ def run(cfg: RunConfig, progress: bool = True, echo: Callable[[str], None] = pri
       manager.close()
       bar.close()
       writer.close()
+      stop.uninstall()
   export_dir = None
   if status == "finished" and cfg.train.export_hf:
     variables_to_hf({"params": state["params"], "buffers": state["buffers"]}, model_cfg,
@@ -190,4 +211,5 @@ def run(cfg: RunConfig, progress: bool = True, echo: Callable[[str], None] = pri
     export_dir = cfg.train.export_hf
     if is_main:
       echo(f"exported Hugging Face safetensors to {export_dir}")
-  return RunSummary(status, start, step, steps, last, cfg.checkpoint_dir, export_dir)
+  return RunSummary(status, start, step, steps, last, cfg.checkpoint_dir, export_dir,
+                    stop.exit_code if status == "interrupted" else None)
