@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Sequence
 
 
@@ -10,11 +11,14 @@ def load_tokenizer(path: str):
   """The `PreTrainedTokenizerFast` saved in directory `path`, or None when it has no `tokenizer.json`.
 
   Not `AutoTokenizer`: it reads the checkpoint's config.json, whose `auto_map` asks to run remote code.
+  Quiet: transformers' advice that PyTorch is missing does not concern this project (it needs no torch),
+  and prompt lengths are checked against the model's positions by the decoder, not by the tokenizer.
   """
   if not os.path.exists(os.path.join(path, "tokenizer.json")):
     return None
+  os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
   from transformers import PreTrainedTokenizerFast
-  return PreTrainedTokenizerFast.from_pretrained(path)
+  return PreTrainedTokenizerFast.from_pretrained(path, model_max_length=sys.maxsize)
 
 
 def chat_ids(tokenizer: Any, messages: Sequence[dict], add_generation_prompt: bool = False) -> list[int]:

@@ -2,10 +2,13 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
 import decode
+from conftest import REPO_ROOT
 from dmax_jax import ModelConfig
 from dmax_jax.experiments.tiny_dmax import model_config, task, tokenizer
 
@@ -66,3 +69,13 @@ def test_dmax_tiny_spd_solves_most_test_problems():
   # same decoder gets 58.6% / 2.26 there.
   assert accuracy >= 0.6, (accuracy, texts[:3])
   assert tpf >= 2.8, tpf
+
+
+def test_loading_the_tokenizer_prints_nothing_even_for_long_prompts():
+  """No third-party advice (PyTorch not installed) and no tokenizer length warning on stderr."""
+  code = ("from dmax_jax.tokenization import load_tokenizer; t = load_tokenizer('checkpoints/dmax-tiny'); "
+          "print(len(t('Zoe has 8 pens . ' * 200)['input_ids']))")
+  run = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                       env={k: v for k, v in os.environ.items() if not k.startswith("TRANSFORMERS_")})
+  assert run.returncode == 0 and int(run.stdout) > 800, run.stderr
+  assert run.stderr == ""
