@@ -131,6 +131,10 @@ def test_cli_threshold_matches_official_generate(capsys, tmp_path, fixture_dir, 
     (["--prompt-ids", "1,2,3", "--gen-length", "40000"], "max_position_embeddings"),
     (["--prompt", "hello"], "no tokenizer"),
     (["--prompt-ids", "1,x"], "comma-separated integers"),
+    (["--prompt-ids", "1,2", "--threshold", "2"], r"threshold must be a confidence in \[0, 1\], got 2.0"),
+    (["--prompt-ids", "1,2", "--threshold", "-1"], r"threshold must be a confidence in \[0, 1\], got -1.0"),
+    (["--prompt-ids", "1,2", "--converge-threshold", "1.5"], r"converge_threshold must be a confidence"),
+    (["--prompt-ids", "1,2", "--mesh", "foo"], "expected axis=size"),
 ])
 def test_cli_rejects_bad_input(fixture_dir, argv, message):
   with pytest.raises(SystemExit, match=message):

@@ -51,6 +51,10 @@ class DecodeOptions:
       raise ValueError(f"steps must be positive, got {self.steps}")
     if self.temperature < 0:
       raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+    for name in ("threshold", "converge_threshold"):  # confidences: outside [0, 1] a run never stops early
+      value = getattr(self, name)
+      if value is not None and not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a confidence in [0, 1], got {value}")
 
   @property
   def resolved_threshold(self) -> float:
