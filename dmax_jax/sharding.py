@@ -84,6 +84,19 @@ def fitted_spec(logical_names: Sequence[str], shape: Sequence[int]) -> Partition
   return PartitionSpec(*entries)
 
 
+def param_axes(logical_names: Sequence[str], dim: int) -> tuple[str, ...]:
+  """The mesh axes (of size > 1 on the context mesh) that the context rules give dimension `dim` of a
+  parameter with axes `logical_names` (resolved together: a rule whose mesh axes another dimension took
+  is skipped)."""
+  sizes = dict(jax.sharding.get_abstract_mesh().shape)
+  return tuple(a for a in mesh_axes_of(nn.logical_to_mesh_axes(logical_names)[dim]) if sizes[a] > 1)
+
+
+def flat_axes(spec_entries: Sequence[Any]) -> tuple[str, ...]:
+  """All mesh axes of some `PartitionSpec` entries, in order (e.g. the token axes of `(batch, length)`)."""
+  return sum(map(mesh_axes_of, spec_entries), ())
+
+
 def mesh_axes_of(spec_entry: Any) -> tuple[str, ...]:
   """The mesh axes of one `PartitionSpec` entry (None, a name, or a tuple of names)."""
   if spec_entry is None:

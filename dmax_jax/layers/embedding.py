@@ -11,7 +11,6 @@ Shape legend: B batch, T positions, N tokens, D embed, V vocabulary.
 
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
@@ -25,10 +24,9 @@ def lookup(table_VxD: jax.Array, ids_BxT: jax.Array) -> jax.Array:
   if mesh.size <= 1:
     return jnp.take(table_VxD, ids_BxT, axis=0)
   sizes = dict(mesh.shape)
-  column_axes = tuple(a for a in sharding.mesh_axes_of(nn.logical_to_mesh_axes(("table_vocab", "table_embed"))[1])
-                      if sizes[a] > 1)
+  column_axes = sharding.param_axes(("table_vocab", "table_embed"), 1)
   spec = sharding.fitted_spec(("batch", "length"), ids_BxT.shape)
-  token_axes = sum(map(sharding.mesh_axes_of, spec), ())
+  token_axes = sharding.flat_axes(spec)
   exchange_axes = tuple(a for a in column_axes if a in token_axes)
   gather_axes = tuple(a for a in column_axes if a not in token_axes)
   block_order = [column_axes.index(a) for a in gather_axes + exchange_axes]

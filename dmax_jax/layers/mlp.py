@@ -67,12 +67,12 @@ class MoE(nn.Module):
         moe.route, top_k=cfg.num_experts_per_tok, n_group=cfg.n_group, topk_group=cfg.topk_group,
         routed_scaling_factor=cfg.routed_scaling_factor, norm_topk_prob=cfg.norm_topk_prob)
     if cfg.parallelism == "expert_parallel" and jax.sharding.get_abstract_mesh().size > 1:
-      expert_spec = nn.logical_to_mesh_axes(("expert", "embed", "moe_mlp"))
+      expert_names = ("expert", "embed", "moe_mlp")
       routed, expert_ids, weights = moe.expert_parallel_moe(
           x_BxTxH.astype(dtype), router_logits.reshape(b, t, e), expert_bias,
           jax.tree.map(lambda w: w.astype(dtype), experts), route_fn=route_fn,
           token_spec=sharding.fitted_spec(("batch", "length", "act_embed"), x_BxTxH.shape),
-          expert_axes=sharding.mesh_axes_of(expert_spec[0]), mlp_axes=sharding.mesh_axes_of(expert_spec[2]),
+          expert_axes=sharding.param_axes(expert_names, 0), mlp_axes=sharding.param_axes(expert_names, 2),
           impl=cfg.moe_impl, max_tile=cfg.moe_tile_size)
       expert_ids, weights = expert_ids.reshape(b * t, -1), weights.reshape(b * t, -1)
     else:

@@ -203,7 +203,7 @@ def expert_parallel_moe(x_BxTxD: jax.Array, router_logits_BxTxE: jax.Array, expe
     top_k])`, sharded like `x_BxTxD`.
   """
   sizes = dict(jax.sharding.get_abstract_mesh().shape)
-  token_axes = sum(map(sharding.mesh_axes_of, token_spec[:2]), ())
+  token_axes = sharding.flat_axes(token_spec[:2])
   expert_axes, mlp_axes = (tuple(a for a in axes if sizes[a] > 1) for axes in (expert_axes, mlp_axes))
   ep_size = math.prod(sizes[a] for a in expert_axes)
   num_experts = experts.gate.shape[0]

@@ -11,7 +11,6 @@ Shape legend: B batch, L positions, N tokens, D embed, V vocabulary (`V_l` on on
 
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
@@ -66,11 +65,9 @@ def _vocab_sharded(fn, hidden_BxLxD, w_DxV, *per_token_BxL):
   if jax.sharding.get_abstract_mesh().size <= 1:
     flat = (a.reshape(batch * seq_len, *a.shape[2:]) for a in (hidden_BxLxD, *per_token_BxL))
     return fn(next(flat), w_DxV, *flat, ()).reshape(batch, seq_len)
-  sizes = dict(jax.sharding.get_abstract_mesh().shape)
-  vocab_axes = tuple(a for a in sharding.mesh_axes_of(nn.logical_to_mesh_axes(("embed", "vocab"))[1])
-                     if sizes[a] > 1)
+  vocab_axes = sharding.param_axes(("embed", "vocab"), 1)
   spec = sharding.fitted_spec(("batch", "length", "act_embed"), hidden_BxLxD.shape)
-  gather_axes = tuple(a for a in sum(map(sharding.mesh_axes_of, spec[:2]), ()) if a in vocab_axes)
+  gather_axes = tuple(a for a in sharding.flat_axes(spec[:2]) if a in vocab_axes)
 
   @jax.named_scope("vocab_parallel_head")  # shard_map bodies start a fresh name stack
   def local(hidden_BxLxD, w_DxV, *per_token_BxL):
