@@ -12,6 +12,8 @@ import json
 import os
 from typing import Any
 
+from dmax_jax.errors import InputError
+
 DEFAULT_MASK_TOKEN_ID = 156895
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
@@ -22,7 +24,7 @@ PARALLELISMS = ("expert_parallel", "gspmd")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
   """A configuration value the model cannot honour; the message names the field."""
 
 

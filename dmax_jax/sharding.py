@@ -16,6 +16,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from dmax_jax.config import PARALLELISMS
+from dmax_jax.errors import InputError
 
 MESH_AXES = ("data", "fsdp", "expert", "tensor")
 
@@ -66,7 +67,7 @@ GSPMD_BASELINE_RULES: tuple[tuple[str, Any], ...] = tuple(
 def axis_rules(parallelism: str = "expert_parallel") -> tuple[tuple[str, Any], ...]:
   """The rules table of a `ModelConfig.parallelism` scheme."""
   if parallelism not in PARALLELISMS:
-    raise ValueError(f"parallelism must be one of {PARALLELISMS}, got {parallelism!r}")
+    raise InputError(f"parallelism must be one of {PARALLELISMS}, got {parallelism!r}")
   return GSPMD_BASELINE_RULES if parallelism == "gspmd" else LOGICAL_AXIS_RULES
 
 
@@ -110,7 +111,7 @@ def parse_mesh(spec: str) -> dict[str, int]:
   for item in filter(None, (part.strip() for part in spec.split(","))):
     name, sep, size = item.partition("=")
     if not sep or not size.strip().lstrip("-").isdigit():
-      raise ValueError(f"mesh {spec!r}: expected axis=size[,axis=size...] with axes from {MESH_AXES}, got {item!r}")
+      raise InputError(f"mesh {spec!r}: expected axis=size[,axis=size...] with axes from {MESH_AXES}, got {item!r}")
     shape[name.strip()] = int(size)
   return shape
 
@@ -126,16 +127,16 @@ def make_mesh(shape: dict[str, int] | Sequence[int] | None = None,
     shape = dict(zip(MESH_AXES, shape))
   unknown = set(shape) - set(MESH_AXES)
   if unknown:
-    raise ValueError(f"unknown mesh axis name(s) {sorted(unknown)}; expected a subset of {MESH_AXES}")
+    raise InputError(f"unknown mesh axis name(s) {sorted(unknown)}; expected a subset of {MESH_AXES}")
   sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
-  if sizes.count(-1) > 1:
-    raise ValueError(f"at most one mesh axis may be -1, got {shape}")
-  if -1 in sizes:
-    rest = int(np.prod([s for s in sizes if s != -1]))
-    sizes[sizes.index(-1)] = len(devices) // rest
+  if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+    raise InputError(f"mesh {shape}: axis sizes must be positive, one of them may be -1 (the rest)")
+  fixed = int(np.prod([s for s in sizes if s != -1]))
+  if -1 in sizes and len(devices) % fixed == 0:
+    sizes[sizes.index(-1)] = len(devices) // fixed
   if int(np.prod(sizes)) != len(devices):
-    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
-                     f"{len(devices)} are available")
+    raise InputError(f"mesh {shape} does not fit the {len(devices)} available device(s): the axis sizes "
+                     f"multiply to {fixed}{' times the rest' if -1 in sizes else ''}")
   device_grid = np.asarray(devices).reshape(sizes)
   return Mesh(device_grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 

@@ -25,3 +25,13 @@ def chat_ids(tokenizer: Any, messages: Sequence[dict], add_generation_prompt: bo
   """Token ids of `messages` (`[{"role", "content"}, ...]`) rendered by the tokenizer's chat template."""
   ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt, tokenize=True)
   return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+def unknown_words(tokenizer: Any, text: str) -> list[str]:
+  """The distinct pieces of `text` that the tokenizer maps to its unknown token, in order of appearance."""
+  if tokenizer.unk_token_id is None:
+    return []
+  encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+  pieces = (text[start:end].strip() for token, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"])
+            if token == tokenizer.unk_token_id)
+  return list(dict.fromkeys(pieces))

@@ -263,7 +263,7 @@ def test_cli_roundtrip(fixture_dir, tmp_path):
   assert os.path.exists(tmp_path / "hf" / INDEX_FILE)
   assert_same_tensors(str(tmp_path / "hf"), os.path.join(fixture_dir, "merged"))
   r = run_cli("jax-to-hf", str(tmp_path / "jax"), str(tmp_path / "hf"))
-  assert r.returncode == 1 and "already exists" in r.stderr and "Traceback" not in r.stderr
+  assert r.returncode == 2 and "already exists" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_cli_help_explains_every_flag():

@@ -10,6 +10,7 @@ import pytest
 import decode
 from conftest import REPO_ROOT
 from dmax_jax import ModelConfig
+from dmax_jax.cli import decode
 from dmax_jax.experiments.tiny_dmax import model_config, task, tokenizer
 
 
@@ -47,9 +48,9 @@ def test_decode_without_arguments_answers_the_sample_problem(capsys, tmp_path):
   assert page.startswith("<!DOCTYPE html>") and "answer" in page
 
 
-def test_another_checkpoint_needs_a_prompt(fixture_dir):
-  with pytest.raises(SystemExit, match="give a prompt"):
-    decode.main(["--ckpt", fixture_dir])
+def test_another_checkpoint_needs_a_prompt(fixture_dir, capsys):
+  assert decode.main(["--ckpt", fixture_dir]) == 2
+  assert capsys.readouterr().err == "error: give a prompt: --prompt, --prompt-ids or --batch-file\n"
 
 
 def test_dmax_tiny_spd_solves_most_test_problems():
@@ -79,3 +80,10 @@ def test_loading_the_tokenizer_prints_nothing_even_for_long_prompts():
                        env={k: v for k, v in os.environ.items() if not k.startswith("TRANSFORMERS_")})
   assert run.returncode == 0 and int(run.stdout) > 800, run.stderr
   assert run.stderr == ""
+
+
+def test_readme_states_the_range_dmax_tiny_was_trained_on():
+  with open(os.path.join(REPO_ROOT, "README.md")) as f:
+    readme = f.read()
+  stated = readme.split("<!-- tiny-task-range -->")[1].split("<!-- /tiny-task-range -->")[0]
+  assert stated == task.TaskConfig().describe(), "paste TaskConfig().describe() into the README"

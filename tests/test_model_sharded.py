@@ -40,7 +40,7 @@ def test_bfloat16_policy_keeps_float32_statistics(tiny_model):
   assert agree > 0.9 and np.median(np.abs(np.asarray(got) - np.asarray(ref))) < 0.1
 
 
-@pytest.mark.parametrize("policy", ["full", "dots"])
+@pytest.mark.parametrize("policy", ["full", pytest.param("dots", marks=pytest.mark.slow)])
 def test_remat_policies_do_not_change_gradients(tiny_model, policy):
   cfg, variables = tiny_model
   ids = np.arange(16, dtype=np.int32).reshape(1, 16) % cfg.vocab_size

@@ -44,7 +44,8 @@ def _assert_params_close(a, b, atol):
     np.testing.assert_allclose(x, y, atol=atol, rtol=0, err_msg=jax.tree_util.keystr(path))
 
 
-@pytest.mark.parametrize("mesh_shape", [{"fsdp": 8}, {"data": 2, "fsdp": 2, "expert": 2},
+@pytest.mark.parametrize("mesh_shape", [pytest.param({"fsdp": 8}, marks=pytest.mark.slow),
+                                        {"data": 2, "fsdp": 2, "expert": 2},
                                         {"fsdp": 2, "expert": 2, "tensor": 2},
                                         pytest.param({"data": 8}, marks=pytest.mark.slow)])
 def test_sharded_step_equals_single_device(tiny_model, host_batch, single_device_step, mesh_shape):

@@ -23,6 +23,7 @@ from dmax_jax.checkpoint import converted, hf_mapping
 from dmax_jax.checkpoint.hf_export import DEFAULT_SHARD_BYTES, ReadSlice, export_hf_weights
 from dmax_jax.checkpoint.hf_import import HFCheckpoint, dtype_name, variable_paths
 from dmax_jax.config import ModelConfig
+from dmax_jax.errors import InputError
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -46,7 +47,7 @@ def parse_size(text: str | int) -> int:
     return text
   m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]I?B|B)?\s*", text.upper())
   if not m or float(m.group(1)) <= 0:
-    raise ValueError(f"invalid size {text!r}: expected e.g. 500MB, 5GB, 2GiB or a byte count")
+    raise InputError(f"invalid size {text!r}: expected e.g. 500MB, 5GB, 2GiB or a byte count")
   return int(float(m.group(1)) * _UNITS[m.group(2) or ""])
 
 
@@ -78,7 +79,7 @@ def staged_directory(destination: str, overwrite: bool = False) -> Iterator[str]
 
 def _check_distinct(src: str, dst: str) -> None:
   if os.path.realpath(src) == os.path.realpath(dst):
-    raise ValueError(f"source and destination are the same folder: {src}")
+    raise InputError(f"source and destination are the same folder: {src}")
 
 
 def hf_to_jax(src: str, dst: str, dtype: Any = None, overwrite: bool = False,

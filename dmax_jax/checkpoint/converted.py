@@ -15,6 +15,7 @@ conversion never holds the model in anonymous memory.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import pathlib
@@ -49,8 +50,15 @@ def is_converted(directory: str) -> bool:
 
 def read_marker(directory: str) -> dict[str, Any]:
   path = os.path.join(directory, MARKER_FILE)
-  with open(path) as f:
-    marker = json.load(f)
+  if not os.path.isfile(path):
+    hint = (" (it holds Hugging Face safetensors: convert them with `hf-to-jax`)"
+            if glob.glob(os.path.join(directory, "*.safetensors")) else "")
+    raise CheckpointError(f"{directory} is not a dmax-jax checkpoint: no {MARKER_FILE}{hint}")
+  try:
+    with open(path) as f:
+      marker = json.load(f)
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{path} is not valid JSON: {e}") from None
   if marker.get("format") != FORMAT_NAME or marker.get("format_version") != FORMAT_VERSION:
     raise CheckpointError(f"{path}: unsupported checkpoint format {marker.get('format')!r} version "
                           f"{marker.get('format_version')!r} (expected {FORMAT_NAME!r} {FORMAT_VERSION})")

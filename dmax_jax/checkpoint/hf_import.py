@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import re
 from typing import Any, Callable
 
 import jax
@@ -54,11 +55,18 @@ def leaf_dtype(path: str, param_dtype: Any) -> np.dtype:
   return np.dtype(np.float32) if path.startswith("buffers/") else np.dtype(param_dtype)
 
 
+_LAYER_INDEX = re.compile(r"model\.layers\.(\d+)\.")
+
+
 def check_complete(seen: set[str], cfg: ModelConfig) -> None:
   """Raises naming the missing tensors unless `seen` covers the per-expert or the merged layout."""
   missing = [[n for n in hf_mapping.expected_hf_names(cfg, merged) if n not in seen]
              for merged in (False, True)]
   if all(missing):
+    layers = {int(m.group(1)) for m in map(_LAYER_INDEX.match, seen) if m}
+    if layers and max(layers) + 1 < cfg.num_hidden_layers:
+      raise CheckpointError(f"config.json has num_hidden_layers={cfg.num_hidden_layers}, the checkpoint's "
+                            f"tensors have {max(layers) + 1} layers: the config does not match the weights")
     closest = min(missing, key=len)
     shown = ", ".join(repr(n) for n in closest[:5])
     more = f" and {len(closest) - 5} more" if len(closest) > 5 else ""

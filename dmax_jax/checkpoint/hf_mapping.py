@@ -15,6 +15,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from dmax_jax.config import ModelConfig
+from dmax_jax.errors import InputError
 
 Slot = tuple[str, tuple[int, ...]]  # (variable path "params/a/b", index into the leading axes)
 
@@ -118,7 +119,7 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-class MappingError(KeyError):
+class MappingError(InputError, KeyError):
   """A tensor name or shape that does not fit the config; the message names the tensor."""
 
   def __str__(self):
@@ -127,7 +128,8 @@ class MappingError(KeyError):
 
 def _stack_of(layer: int, cfg: ModelConfig) -> tuple[str, int, bool]:
   if layer >= cfg.num_hidden_layers:
-    raise MappingError(f"layer {layer} >= num_hidden_layers={cfg.num_hidden_layers}")
+    raise MappingError(f"layer {layer} >= num_hidden_layers={cfg.num_hidden_layers}: the checkpoint has more "
+                       "layers than its config.json says")
   if layer < cfg.num_dense_layers:
     return "dense_layers", layer, False
   return "moe_layers", layer - cfg.num_dense_layers, True

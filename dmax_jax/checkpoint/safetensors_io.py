@@ -14,6 +14,8 @@ from typing import Iterator
 import ml_dtypes
 import numpy as np
 
+from dmax_jax.errors import InputError
+
 DTYPES = {
     "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
     "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
@@ -21,9 +23,10 @@ DTYPES = {
 }
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 INDEX_FILE = "model.safetensors.index.json"
+MAX_HEADER_BYTES = 100_000_000  # the limit of the safetensors library
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
   """A malformed or incomplete checkpoint; the message names the file or tensor."""
 
 
@@ -38,6 +41,10 @@ class SafetensorsFile:
       if len(raw) < 8:
         raise CheckpointError(f"{path}: truncated safetensors file (no header)")
       (header_len,) = struct.unpack("<Q", raw)
+      if header_len > MAX_HEADER_BYTES or f.read(1) not in (b"{", b""):
+        raise CheckpointError(f"{path}: not a safetensors file (it does not start with a header length "
+                              "and a JSON header)")
+      f.seek(8)
       if 8 + header_len > size:
         raise CheckpointError(f"{path}: truncated safetensors file (header of {header_len} bytes, "
                               f"file of {size})")

@@ -19,6 +19,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from dmax_jax.errors import InputError
 from dmax_jax.tokenization import chat_ids, load_tokenizer
 from dmax_jax.training.loss import IGNORE_INDEX
 
@@ -37,7 +38,7 @@ class JsonlSource(grain.sources.RandomAccessDataSource):
           offsets.append((pos, len(line)))
         pos += len(line)
     if not offsets:
-      raise ValueError(f"{path} holds no rows")
+      raise InputError(f"{path} holds no rows")
     self._offsets = np.asarray(offsets, np.int64)
 
   def __len__(self) -> int:
@@ -53,7 +54,7 @@ class JsonlSource(grain.sources.RandomAccessDataSource):
     return f"JsonlSource({self.path!r}, rows={len(self)})"
 
 
-class BadRow(ValueError):
+class BadRow(InputError):
   """A row that cannot become a training example (the message says why)."""
 
 
@@ -98,7 +99,7 @@ class OputExample:
     if self._tokenizer is None:
       self._tokenizer = load_tokenizer(self.tokenizer_path)
       if self._tokenizer is None:
-        raise ValueError(f"data.tokenizer: {self.tokenizer_path} has no tokenizer.json")
+        raise InputError(f"data.tokenizer: {self.tokenizer_path} has no tokenizer.json")
     prompt = chat_ids(self._tokenizer, messages[:-1], add_generation_prompt=True)
     full = chat_ids(self._tokenizer, messages)
     if full[:len(prompt)] != prompt:

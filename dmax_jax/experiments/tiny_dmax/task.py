@@ -89,6 +89,15 @@ class TaskConfig:
             and self.test_fraction + self.validation_fraction < 1):
       raise ValueError("test_fraction and validation_fraction must be >= 0 and sum to < 1")
 
+  def describe(self) -> str:
+    """The problems this config generates, in words (the README's statement of DMax-tiny's range)."""
+    events = (f"{self.min_events}" if self.min_events == self.max_events
+              else f"{self.min_events}-{self.max_events}")
+    return (f"a start count of {self.min_start}-{self.max_start} and {events} events, each one of: buy/find/get "
+            f"or give/lose/sell 2-{self.max_operand}, buy 2-{self.max_group_count} bags of 2-{self.max_group_size}, "
+            f"give 2-{self.max_group_size} to each of 2-{self.max_group_count} friends, double or triple, or "
+            f"(last) share equally among 2-{self.max_group_count} friends; no count above {self.max_value}")
+
 
 HARDER = dict(max_events=4, max_start=40, max_operand=20, max_group_count=5, max_group_size=9, max_value=99)
 
