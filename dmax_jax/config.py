@@ -17,7 +17,7 @@ from dmax_jax.errors import InputError
 DEFAULT_MASK_TOKEN_ID = 156895
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
-MOE_IMPLS = ("auto", "ragged", "tiled")
+MOE_IMPLS = ("auto", "ragged", "tiled", "bucketed")
 # expert_parallel: MoE dispatch and LM-head loss in shard_map (tokens to their experts, vocab-parallel
 # cross-entropy); gspmd: the earlier layout left to the partitioner, kept as a measured baseline.
 PARALLELISMS = ("expert_parallel", "gspmd")
@@ -64,6 +64,10 @@ class ModelConfig:
   moe_impl: str = "auto"
   moe_tile_size: int = 64
   parallelism: str = "expert_parallel"
+  # True: each layer stack is one scan over stacked weights (compile time independent of depth; training).
+  # False: layers unrolled over per-layer weights and KV cache, nothing sliced per forward (decoding: on
+  # XLA:CPU a scan copies every layer's weights out of the stack at each step).
+  scan_layers: bool = True
 
   def __post_init__(self):
     self.validate()
@@ -184,7 +188,7 @@ class ModelConfig:
 
   def architecture_dict(self) -> dict[str, Any]:
     """The architecture fields under their Hugging Face names (what `from_hf_dict` reads)."""
-    runtime = {"param_dtype", "dtype", "remat_policy", "moe_impl", "moe_tile_size", "parallelism"}
+    runtime = {"param_dtype", "dtype", "remat_policy", "moe_impl", "moe_tile_size", "parallelism", "scan_layers"}
     return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in runtime}
 
 

@@ -10,7 +10,7 @@ from jax.sharding import Mesh
 from dmax_jax.checkpoint import converted
 from dmax_jax.checkpoint.hf_import import HFCheckpoint, dtype_name, unflatten, variable_paths
 from dmax_jax.config import ModelConfig
-from dmax_jax.model import variable_shardings
+from dmax_jax.model import unstack_layers, variable_shardings
 
 
 def _load_hf(path: str, cfg: ModelConfig, dtype: Any, mesh: Mesh | None) -> tuple[ModelConfig, dict]:
@@ -39,7 +39,8 @@ def load_model(path: str, dtype: Any = None, mesh: Mesh | None = None,
     mesh: when given, every variable is created directly with its `NamedSharding` from the logical
       axis rules (`dmax_jax.sharding`); otherwise everything lives on the first device.
     compute_dtype: the matmul dtype (`ModelConfig.dtype`); default float32.
-    **runtime: other run-time `ModelConfig` fields (`remat_policy`, `moe_impl`, ...).
+    **runtime: other run-time `ModelConfig` fields (`remat_policy`, `moe_impl`, ...); `scan_layers=False`
+      returns per-layer variables (`unstack_layers`), the fast layout for decoding.
 
   Returns:
     `(config, variables)`, variables = `{"params": ..., "buffers": ...}` of `jax.Array`s, ready for
@@ -47,9 +48,15 @@ def load_model(path: str, dtype: Any = None, mesh: Mesh | None = None,
   """
   if compute_dtype is not None:
     runtime["dtype"] = dtype_name(compute_dtype)
-  cfg = ModelConfig.from_json(path, **runtime)
+  cfg = ModelConfig.from_json(path, **{**runtime, "scan_layers": True})
   if not converted.is_converted(path):
-    return _load_hf(path, cfg, dtype, mesh)
-  marker = converted.read_marker(path)
-  cfg = cfg.replace(param_dtype=dtype_name(dtype or marker["param_dtype"]))
-  return cfg, converted.restore(path, cfg, variable_shardings(cfg, mesh))
+    cfg, variables = _load_hf(path, cfg, dtype, mesh)
+  else:
+    marker = converted.read_marker(path)
+    cfg = cfg.replace(param_dtype=dtype_name(dtype or marker["param_dtype"]))
+    variables = converted.restore(path, cfg, variable_shardings(cfg, mesh))
+  if runtime.get("scan_layers", True):
+    return cfg, variables
+  cfg = cfg.replace(scan_layers=False)
+  variables = unstack_layers(cfg, variables)
+  return cfg, variables if mesh is None else jax.device_put(variables, variable_shardings(cfg, mesh))

@@ -12,7 +12,9 @@ query_norm [D], key_norm [D]}; post_attention_norm [H]; dense mlp/{gate [H,I], u
 MoE mlp/{router [H,E], experts_gate [E,H,F], experts_up [E,H,F], experts_down [E,F,H],
 shared/{gate, up, down}}.
 
-Each stack is one `nn.scan` over layers, so compile time does not grow with depth.
+Each stack is one `nn.scan` over layers, so compile time does not grow with depth. With
+`config.scan_layers=False` (decoding) the layers are unrolled: a stack holds `layers_0`, `layers_1`, ...
+with per-layer (unstacked) params, and caches are tuples of per-layer arrays; `unstack_layers` converts.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ _REMAT_POLICIES = {
 
 
 class KVCacheView(NamedTuple):
-  """Keys and values of earlier positions for every layer: each `[layers, batch, prefix, kv_heads, head_dim]`."""
+  """Keys and values of earlier positions for every layer: each `[layers, batch, prefix, kv_heads, head_dim]`,
+  or with `scan_layers=False` a tuple of per-layer `[batch, prefix, kv_heads, head_dim]`."""
   k: jax.Array
   v: jax.Array
 
@@ -92,6 +95,14 @@ class LayerStack(nn.Module):
     layer_cls = DecoderLayer
     if cfg.remat_policy != "none":
       layer_cls = nn.remat(DecoderLayer, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
+    if not cfg.scan_layers:
+      new_k, new_v = [], []
+      for i in range(self.num_layers):
+        layer_prefix = None if prefix is None else (prefix.k[i], prefix.v[i])
+        h_BxTxH, (k, v) = layer_cls(cfg, self.is_moe, name=f"layers_{i}")(h_BxTxH, layer_prefix, cos_sin, bias)
+        new_k.append(k)
+        new_v.append(v)
+      return h_BxTxH, (tuple(new_k), tuple(new_v))
     scanned = nn.scan(
         layer_cls,
         variable_axes={"params": 0, "buffers": 0, "intermediates": 0},
@@ -169,8 +180,23 @@ class Transformer(nn.Module):
       new_k.append(k)
       new_v.append(v)
     h = self.final_norm(h)
-    kv = KVCacheView(jnp.concatenate(new_k), jnp.concatenate(new_v))
+    join = jnp.concatenate if cfg.scan_layers else (lambda per_stack: sum(per_stack, ()))
+    kv = KVCacheView(join(new_k), join(new_v))
     return (h if return_hidden else self.logits(h)), kv
+
+
+def unstack_layers(config: ModelConfig, variables: Variables) -> Variables:
+  """Stacked-layer variables (`scan_layers=True`, as loaded and trained) -> the per-layer layout of
+  `config.replace(scan_layers=False)`: `<stack>/layers/<leaf>[i]` -> `<stack>/layers_<i>/<leaf>` (a copy)."""
+  sizes = {"dense_layers": config.num_dense_layers, "moe_layers": config.num_moe_layers}
+  out = {}
+  for collection, tree in variables.items():
+    out[collection] = dict(tree)
+    for stack, size in sizes.items():
+      if stack in tree:
+        out[collection][stack] = {f"layers_{i}": jax.tree.map(lambda a, i=i: a[i], tree[stack]["layers"])
+                                  for i in range(size)}
+  return out
 
 
 def init_variables(config: ModelConfig, rng: jax.Array, seq_len: int = 8) -> Variables:

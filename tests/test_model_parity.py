@@ -10,7 +10,7 @@ import pytest
 from dmax_jax import ModelConfig, forward
 from dmax_jax.checkpoint.hf_import import load_hf_variables
 from dmax_jax.layers import moe
-from dmax_jax.model import Transformer, embed_tokens
+from dmax_jax.model import Transformer, embed_tokens, unstack_layers
 
 LOGIT_ATOL = 1e-4
 
@@ -27,11 +27,15 @@ def model(request, fixture_dir):
   return cfg, load_hf_variables(path, cfg)
 
 
-@pytest.mark.parametrize("moe_impl", ["ragged", "tiled"])
+@pytest.mark.parametrize("moe_impl, scan_layers", [("ragged", True), ("tiled", True), ("bucketed", True),
+                                                    ("bucketed", False)])
 @pytest.mark.parametrize("case", ["case1", "case2", "case3"])
-def test_token_logits_match_reference(model, expected, case, moe_impl):
+def test_token_logits_match_reference(model, expected, case, moe_impl, scan_layers):
   cfg, variables = model
-  logits = forward(cfg.replace(moe_impl=moe_impl), variables, input_ids=expected[f"{case}_input_ids"],
+  cfg = cfg.replace(moe_impl=moe_impl, scan_layers=scan_layers)
+  if not scan_layers:
+    variables = unstack_layers(cfg, variables)
+  logits = forward(cfg, variables, input_ids=expected[f"{case}_input_ids"],
                    position_ids=expected[f"{case}_position_ids"],
                    attention_mask=expected.get(f"{case}_attention_keep"))
   np.testing.assert_allclose(np.asarray(logits), expected[f"{case}_logits"], atol=LOGIT_ATOL, rtol=0)

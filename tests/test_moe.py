@@ -20,17 +20,22 @@ def _reference(x, ids, weights, w: moe.ExpertWeights):
   return out
 
 
-@pytest.mark.parametrize("impl", ["ragged", "tiled"])
-@pytest.mark.parametrize("tokens,experts,top_k,max_tile", [(5, 8, 2, 64), (37, 16, 4, 8), (64, 4, 1, 16)])
-def test_dispatch_matches_per_token_reference(impl, tokens, experts, top_k, max_tile):
+@pytest.mark.parametrize("impl", ["ragged", "tiled", "bucketed"])
+@pytest.mark.parametrize("tokens,experts,top_k,max_tile,skew", [
+    (5, 8, 2, 64, 3.0), (37, 16, 4, 8, 3.0), (64, 4, 1, 16, 3.0),
+    (40, 16, 2, 8, 60.0),  # every token picks experts 14 and 15: the bucketed kernel's overflow tiles
+])
+def test_dispatch_matches_per_token_reference(impl, tokens, experts, top_k, max_tile, skew):
   kx, kw, ks, kl = jax.random.split(jax.random.key(tokens), 4)
   d, f = 12, 20
   x = jax.random.normal(kx, (tokens, d))
   w = moe.ExpertWeights(*(jax.random.normal(k, s) / np.sqrt(s[1]) for k, s in
                           zip(jax.random.split(kw, 3), [(experts, d, f), (experts, d, f), (experts, f, d)])))
   # Skewed choices: some experts get many rows, some none.
-  logits = jax.random.normal(kl, (tokens, experts)) + jnp.linspace(0, 3, experts)
+  logits = jax.random.normal(kl, (tokens, experts)) + jnp.linspace(0, skew, experts)
   _, ids = jax.lax.top_k(logits, top_k)
+  if skew > 10:
+    assert tokens > moe.bucket_size_for(tokens * top_k, experts)  # more rows than one bucket holds
   weights = jax.random.uniform(ks, (tokens, top_k))
   got = moe.dispatch_experts(x, ids, weights, w, impl=impl, max_tile=max_tile)
   np.testing.assert_allclose(np.asarray(got), _reference(x, ids, weights, w), atol=2e-5, rtol=1e-5)

@@ -169,7 +169,7 @@ def main(argv) -> int:
       mesh = sharding.make_mesh(sharding.parse_mesh(args.mesh))
     except InputError as e:
       raise InputError(f"--mesh {args.mesh!r}: {e}") from None
-  cfg, variables = load_model(args.ckpt, mesh=mesh)
+  cfg, variables = load_model(args.ckpt, mesh=mesh, scan_layers=False)  # unrolled layers: faster decoding
   try:
     validate_prompts(cfg, prompts, options)
   except ValueError as e:

@@ -1,4 +1,9 @@
-"""The static KV cache and per-row slicing: every row of a batch has its own block position."""
+"""The static KV cache and per-row slicing: every row of a batch has its own block position.
+
+The cache follows the model's layer layout: stacked `[layers, batch, max_len, kv_heads, head_dim]` arrays
+(`scan_layers=True`), or tuples of per-layer `[batch, max_len, kv_heads, head_dim]` arrays (unrolled layers:
+a forward reads and writes each layer's array in place, nothing sliced out of a stack).
+"""
 
 from __future__ import annotations
 
@@ -14,15 +19,23 @@ CACHE_AXES = ("layers", "batch", "cache_length", "act_kv_heads", "head_dim")
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> KVCacheView:
-  """Zero cache, k and v each `[layers, batch, max_len, kv_heads, head_dim]` in the compute dtype."""
-  shape = (cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
-  zeros = jnp.zeros(shape, jnp.dtype(cfg.dtype))
+  """Zero cache in the compute dtype, in the layer layout of `cfg.scan_layers`."""
+  layer_shape = (batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
+  if cfg.scan_layers:
+    zeros = jnp.zeros((cfg.num_hidden_layers,) + layer_shape, jnp.dtype(cfg.dtype))
+    return constrain(KVCacheView(zeros, zeros))
+  zeros = tuple(jnp.zeros(layer_shape, jnp.dtype(cfg.dtype)) for _ in range(cfg.num_hidden_layers))
   return constrain(KVCacheView(zeros, zeros))
 
 
 def constrain(cache: KVCacheView) -> KVCacheView:
   """Shards the cache by the logical-axis rules (no-op outside `sharding.use_mesh`)."""
-  return KVCacheView(*(nn.with_logical_constraint(c, CACHE_AXES) for c in cache))
+  return jax.tree.map(lambda c: nn.with_logical_constraint(c, CACHE_AXES[-c.ndim:]), cache)
+
+
+def length(cache: KVCacheView) -> int:
+  """Positions the cache holds (`max_len`)."""
+  return jax.tree.leaves(cache.k)[0].shape[-3]
 
 
 def take_rows(x_BxSx: jax.Array, start_B: jax.Array, size: int) -> jax.Array:
@@ -37,9 +50,13 @@ def put_rows(x_BxSx: jax.Array, update_BxTx: jax.Array, start_B: jax.Array) -> j
 
 
 def write(cache: KVCacheView, kv: KVCacheView, start_B: jax.Array) -> KVCacheView:
-  """Stores this call's keys/values `[layers, batch, T, ...]` at positions `start[b]..` of each row."""
-  put = jax.vmap(put_rows, in_axes=(0, 0, None))  # over layers
-  return constrain(KVCacheView(put(cache.k, kv.k, start_B), put(cache.v, kv.v, start_B)))
+  """Stores this call's keys/values (`[layers, batch, T, ...]` or per-layer tuples, as the cache) at
+  positions `start[b]..` of each row."""
+  if isinstance(cache.k, tuple):
+    put = lambda c, new: tuple(put_rows(c_l, n_l, start_B) for c_l, n_l in zip(c, new))
+  else:
+    put = lambda c, new: jax.vmap(put_rows, in_axes=(0, 0, None))(c, new, start_B)  # over layers
+  return constrain(KVCacheView(put(cache.k, kv.k), put(cache.v, kv.v)))
 
 
 def attention_bias(cache_len: int, start_B: jax.Array, keep_new_TxT: jax.Array) -> jax.Array:

@@ -119,7 +119,7 @@ class _Knobs(NamedTuple):
 
 def _forward_block(cfg: ModelConfig, variables, emb_BxTxH, start_B, cache) -> jax.Array:
   """Logits `[batch, block, vocab]` of each row's block at `start[b]`, attending to the cache below it."""
-  blk_len, seq_len = emb_BxTxH.shape[1], cache.k.shape[2]
+  blk_len, seq_len = emb_BxTxH.shape[1], kv_cache.length(cache)
   bias = kv_cache.attention_bias(seq_len, start_B, jnp.ones((blk_len, blk_len), bool))
   logits, _ = apply_model(cfg, variables, emb_BxTxH, start_B[:, None] + jnp.arange(blk_len), bias,
                           kv_prefix=cache)

@@ -5,9 +5,10 @@ selection only, the best `topk_group` of `n_group` groups (a group's score is th
 biased scores), top-k experts inside the kept groups, weights = unbiased scores renormalised and scaled.
 
 Dispatch is dropless: the `tokens * k` (token, expert) assignments are sorted by expert and every
-expert multiplies only its own rows, either with `jax.lax.ragged_dot` (TPU/GPU grouped matmul) or
-with expert-aligned tiles and a batched matmul (fast on every backend, including XLA:CPU, which
-expands `ragged_dot` into a dense dot over every expert).
+expert multiplies only its own rows, either with `jax.lax.ragged_dot` (TPU/GPU grouped matmul), with
+expert-aligned tiles and a batched matmul over gathered weights (`tiled`: training on XLA:CPU, which
+expands `ragged_dot` into a dense dot over every expert), or with per-expert buckets multiplied by the
+stacked weights in place plus a loop over overflow tiles (`bucketed`: few rows per expert, decoding).
 
 On a mesh, `expert_parallel_moe` runs routing and the same dispatch in `shard_map`: each device holds
 `E / ep` whole experts; the tokens of the expert-parallel group are all-gathered, each device multiplies
@@ -125,19 +126,79 @@ def _tiled_experts(rows_MxD, group_sizes_E, w: ExpertWeights, dtype, max_tile: i
   return out_NxmxD.reshape(num_tiles * m, dim)[padded_pos_M]
 
 
-def resolve_impl(impl: str) -> str:
-  """`auto` picks `ragged` on TPU/GPU and `tiled` on CPU."""
+def bucket_size_for(num_rows: int, num_experts: int) -> int:
+  """Slots per expert of the bucketed kernel: a power of two >= 4x the mean rows per expert (a block's
+  routing is skewed: at 2x, a third more forward time went to overflow tiles), at least 4."""
+  return int(max(4, 2 ** math.ceil(math.log2(max(1, 4 * num_rows / num_experts)))))
+
+
+def _swiglu_rows(x_CxD, gate_DxF, up_DxF, down_FxD):
+  return _swiglu(x_CxD @ gate_DxF, x_CxD @ up_DxF) @ down_FxD
+
+
+def _bucketed_experts(rows_MxD, group_sizes_E, w: ExpertWeights, dtype) -> jax.Array:
+  """Grouped matmul for few rows per expert (decoding): every expert's first `C` rows sit in its bucket of a
+  `[E, C, D]` array multiplied by the stacked weights in place (each weight read once, nothing gathered);
+  the rows of experts with more than `C` go through a loop over `C`-row tiles of one expert each, whose trip
+  count is the number of such tiles (usually a few; zero for even routing). Rows past `sum(group_sizes_E)`
+  (assignments to other devices) get zeros.
+  """
+  num_rows, dim = rows_MxD.shape
+  num_experts = group_sizes_E.shape[0]
+  c = bucket_size_for(num_rows, num_experts)
+  start_E = jnp.cumsum(group_sizes_E) - group_sizes_E
+  expert_of_row_M = jnp.repeat(jnp.arange(num_experts), group_sizes_E, total_repeat_length=num_rows)
+  slot_M = jnp.arange(num_rows) - start_E[expert_of_row_M]
+  in_bucket_M = (slot_M < c) & (jnp.arange(num_rows) < jnp.sum(group_sizes_E))
+  bucket_pos_M = jnp.where(in_bucket_M, expert_of_row_M * c + slot_M, num_experts * c)
+  buckets_ExCxD = (jnp.zeros((num_experts * c + 1, dim), rows_MxD.dtype).at[bucket_pos_M].set(rows_MxD)
+                   [:-1].reshape(num_experts, c, dim))
+  gate = jnp.einsum("ecd,edf->ecf", buckets_ExCxD, w.gate.astype(dtype))
+  up = jnp.einsum("ecd,edf->ecf", buckets_ExCxD, w.up.astype(dtype))
+  out_ExCxD = jnp.einsum("ecf,efd->ecd", _swiglu(gate, up), w.down.astype(dtype))
+  flat_out = jnp.concatenate([out_ExCxD.reshape(num_experts * c, dim), jnp.zeros((1, dim), out_ExCxD.dtype)])
+  out_MxD = flat_out[bucket_pos_M]
+
+  extra_tiles_E = -(-jnp.maximum(group_sizes_E - c, 0) // c)
+  tile_end_E = jnp.cumsum(extra_tiles_E)
+  padded_rows = jnp.concatenate([rows_MxD, jnp.zeros((c, dim), rows_MxD.dtype)])
+  out_MxD = jnp.concatenate([out_MxD, jnp.zeros((c, dim), out_MxD.dtype)])
+
+  def overflow_tile(i, out):
+    e = jnp.searchsorted(tile_end_E, i, side="right")
+    first = start_E[e] + c * (1 + i - (tile_end_E[e] - extra_tiles_E[e]))
+    valid_C = first + jnp.arange(c) < start_E[e] + group_sizes_E[e]
+    x_CxD = jax.lax.dynamic_slice_in_dim(padded_rows, first, c)
+    y_CxD = _swiglu_rows(x_CxD, w.gate[e].astype(dtype), w.up[e].astype(dtype), w.down[e].astype(dtype))
+    old = jax.lax.dynamic_slice_in_dim(out, first, c)
+    return jax.lax.dynamic_update_slice_in_dim(out, jnp.where(valid_C[:, None], y_CxD, old), first, 0)
+
+  out_MxD = jax.lax.fori_loop(0, tile_end_E[-1], overflow_tile, out_MxD)
+  return out_MxD[:num_rows]
+
+
+# On CPU, `auto` uses the bucketed kernel up to this many rows per expert on average (decoding: a block of
+# 32 tokens x top-8 over 64 experts is 4 per row of the batch), the tiled one above (training).
+BUCKETED_MAX_MEAN_ROWS = 64
+
+
+def resolve_impl(impl: str, num_rows: int, num_experts: int) -> str:
+  """`auto` picks `ragged` on TPU/GPU; on CPU `bucketed` for few rows per expert, else `tiled`."""
   if impl != "auto":
     return impl
-  return "tiled" if jax.default_backend() == "cpu" else "ragged"
+  if jax.default_backend() != "cpu":
+    return "ragged"
+  return "bucketed" if num_rows <= BUCKETED_MAX_MEAN_ROWS * num_experts else "tiled"
 
 
 def _grouped_experts(rows_MxD, group_sizes_E, experts: ExpertWeights, impl: str, max_tile: int):
-  impl = resolve_impl(impl)
+  impl = resolve_impl(impl, rows_MxD.shape[0], group_sizes_E.shape[0])
   if impl == "ragged":
     return _ragged_experts(rows_MxD, group_sizes_E, experts, rows_MxD.dtype)
   if impl == "tiled":
     return _tiled_experts(rows_MxD, group_sizes_E, experts, rows_MxD.dtype, max_tile)
+  if impl == "bucketed":
+    return _bucketed_experts(rows_MxD, group_sizes_E, experts, rows_MxD.dtype)
   raise ValueError(f"unknown MoE implementation {impl!r}")
 
 
