@@ -1,0 +1,136 @@
+#!/usr/bin/env python
+"""Milliseconds per decoding forward against this machine's roofline, before and after the decode layout.
+
+One SPD block step (`dmax_jax.decoding.generate.block_step`: a block of 32 tokens per row against the static
+KV cache, then the SPD rule) of random LLaDA2-MoE models, timed compiled (best of --repeats), at batch 1
+and 8 and at the cache lengths of gen 256 and gen 1024 (prompt 64). Two layouts in one run:
+  before: layers scanned over stacked weights, `tiled` MoE kernel (the earlier default);
+  after:  layers unrolled over per-layer weights and cache (`scan_layers=False`, what decode.py loads),
+          `auto` MoE kernel (`bucketed` at these shapes on CPU).
+The roofline is measured in the same run: read bandwidth (a reduction over a 2 GiB array, larger than any
+cache) and matmul FLOP/s (2048^3 float32); a forward must read its weights (every non-expert matrix and the
+distinct experts its tokens pick, `dmax_jax.decoding.cost`) and the cache, and do its FLOPs.
+
+  python benchmarks/decode_speed.py [--models mid,mini_like,experts256] [--json out.json]
+  python benchmarks/decode_speed.py --config configs/llada2_mini.json --dtype bfloat16 --layouts after  # 16B, GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from dmax_jax import ModelConfig, init_variables  # noqa: E402
+from dmax_jax.decoding import DecodeOptions, cost  # noqa: E402
+from dmax_jax.decoding.cache import init_cache  # noqa: E402
+from dmax_jax.decoding.generate import block_step  # noqa: E402
+from dmax_jax.model import unstack_layers  # noqa: E402
+
+_COMMON = dict(num_attention_heads=8, num_key_value_heads=4, head_dim=64, num_shared_experts=1,
+               first_k_dense_replace=1, routed_scaling_factor=2.5, partial_rotary_factor=0.5, rope_theta=600000.0,
+               vocab_size=32768, eos_token_id=32766, mask_token_id=32767, pad_token_id=32765)
+MODELS = {
+    # the issue's mid-size model: hidden 512, 8 layers, 64 experts top-8 in 8 groups, vocab 32k (0.89 GB float32)
+    "mid": dict(_COMMON, hidden_size=512, num_hidden_layers=8, intermediate_size=1536, moe_intermediate_size=256,
+                num_experts=64, num_experts_per_tok=8, n_group=8, topk_group=4),
+    # LLaDA2.0-mini's head layout and expert width: hidden 1024, 4 layers, 64 experts top-8, moe width 512
+    "mini_like": dict(_COMMON, hidden_size=1024, num_hidden_layers=4, num_attention_heads=16,
+                      num_key_value_heads=4, head_dim=128, intermediate_size=5120, moe_intermediate_size=512,
+                      num_experts=64, num_experts_per_tok=8, n_group=8, topk_group=4),
+    # the mid model with LLaDA2.0-mini's expert count: 256 experts top-8
+    "experts256": dict(_COMMON, hidden_size=512, num_hidden_layers=8, intermediate_size=1536,
+                       moe_intermediate_size=256, num_experts=256, num_experts_per_tok=8, n_group=8, topk_group=4),
+}
+LAYOUTS = {"before": dict(scan_layers=True, moe_impl="tiled"), "after": dict(scan_layers=False, moe_impl="auto")}
+BLOCK, PROMPT = 32, 64
+
+
+def best_seconds(fn, *args, repeats: int) -> float:
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t)
+  return min(times)
+
+
+def machine_roofline(dtype: str, repeats: int) -> tuple[float, float]:
+  """(read bytes/s, matmul FLOP/s in `dtype`) of this machine, measured."""
+  big = jnp.ones((2 * 2**30 // 4,), jnp.float32)
+  read = big.nbytes / best_seconds(jax.jit(jnp.sum), big, repeats=repeats)
+  del big
+  n = 2048 if jax.default_backend() == "cpu" else 8192
+  a = jnp.ones((n, n), dtype)
+  flops = 2 * n**3 / best_seconds(jax.jit(lambda m: m @ m), a, repeats=repeats)
+  return read, flops
+
+
+def step_args(cfg: ModelConfig, variables, batch: int, context: int):
+  rng = np.random.default_rng(0)
+  cache = jax.tree.map(lambda z: jnp.asarray(rng.standard_normal(z.shape), z.dtype), init_cache(cfg, batch, context))
+  return (variables, cache, jnp.asarray(rng.integers(0, 1000, (batch, BLOCK)), jnp.int32),
+          jnp.asarray(rng.standard_normal((batch, BLOCK, cfg.hidden_size)), jnp.float32),
+          jnp.ones((batch, BLOCK), bool), jnp.full((batch,), context - 2 * BLOCK, jnp.int32),
+          jnp.zeros((batch,), jnp.int32))
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--models", default="mid", help=f"comma list of {sorted(MODELS)}")
+  p.add_argument("--config", help="a Hugging Face config.json to benchmark instead of --models (random weights)")
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="weights, cache and matmuls")
+  p.add_argument("--batches", default="1,8", help="rows per forward")
+  p.add_argument("--gen-lengths", default="256,1024", help="cache length = prompt 64 + this")
+  p.add_argument("--layouts", default="before,after", help=f"comma list of {sorted(LAYOUTS)}")
+  p.add_argument("--repeats", type=int, default=3, help="timed repeats (best is reported)")
+  p.add_argument("--json", help="also write the results here")
+  args = p.parse_args(argv)
+  read, peak = machine_roofline(args.dtype, args.repeats)
+  print(f"machine: read {read / 1e9:.1f} GB/s, matmul {peak / 1e9:.0f} GFLOP/s ({args.dtype}, {jax.devices()[0]})")
+  report = {"read_bytes_per_s": read, "matmul_flops_per_s": peak, "rows": []}
+  dtypes = dict(param_dtype=args.dtype, dtype=args.dtype)
+  models = {os.path.basename(args.config): ModelConfig.from_json(args.config, **dtypes)} if args.config else {
+      name: ModelConfig(**MODELS[name], **dtypes) for name in args.models.split(",")}
+  bytes_per_value = 2 if args.dtype == "bfloat16" else 4
+  for name, base in models.items():
+    stacked = nn.unbox(init_variables(base, jax.random.key(0)))
+    for layout in args.layouts.split(","):
+      cfg = base.replace(**LAYOUTS[layout])
+      variables = stacked if cfg.scan_layers else unstack_layers(cfg, stacked)
+      step = jax.jit(functools.partial(block_step, cfg, DecodeOptions(mode="spd", block_length=BLOCK)))
+      for batch in map(int, args.batches.split(",")):
+        for gen in map(int, args.gen_lengths.split(",")):
+          context = PROMPT + gen
+          secs = best_seconds(step, *step_args(cfg, variables, batch, context), repeats=args.repeats)
+          c = cost.forward_cost(cfg, batch, BLOCK, context, bytes_per_value, bytes_per_value)
+          roof = max(c.bytes / read, c.flops / peak)
+          row = {"model": name, "layout": layout, "batch": batch, "gen_length": gen, "ms_per_forward": 1e3 * secs,
+                 "tokens_per_s_at_tpf1": batch / secs, "weight_gb": c.weight_bytes / 1e9,
+                 "cache_gb": c.cache_bytes / 1e9, "gflop": c.flops / 1e9, "roofline_ms": 1e3 * roof,
+                 "x_roofline": secs / roof}
+          report["rows"].append(row)
+          print(f"{name:10s} {layout:6s} batch {batch} gen {gen:4d}: {row['ms_per_forward']:7.1f} ms/forward  "
+                f"(weights {row['weight_gb']:.2f} GB + cache {row['cache_gb']:.3f} GB, {row['gflop']:.1f} GFLOP; "
+                f"roofline {row['roofline_ms']:.1f} ms, x{row['x_roofline']:.2f})", flush=True)
+      del variables
+  if args.json:
+    from dmax_jax.io import write_text_atomic
+    write_text_atomic(args.json, json.dumps(report, indent=1))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
