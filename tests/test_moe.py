@@ -71,3 +71,19 @@ def test_tiled_moe_work_is_proportional_to_top_k():
   dense_flops = 3 * 2 * tokens * experts * d * f
   assert run(2) < 0.25 * dense_flops
   assert run(4) > 1.5 * run(2)
+
+
+@pytest.mark.parametrize("impl", ["tiled", "bucketed"])
+def test_gradients_match_ragged(impl):
+  """Training works with every kernel: gradients wrt tokens and expert weights equal `ragged`'s."""
+  kx, kw, kl = jax.random.split(jax.random.key(3), 3)
+  tokens, experts, top_k, d, f = 24, 8, 2, 12, 20
+  x = jax.random.normal(kx, (tokens, d))
+  w = moe.ExpertWeights(*(jax.random.normal(k, s) / np.sqrt(s[1]) for k, s in
+                          zip(jax.random.split(kw, 3), [(experts, d, f), (experts, d, f), (experts, f, d)])))
+  _, ids = jax.lax.top_k(jax.random.normal(kl, (tokens, experts)) + jnp.linspace(0, 60, experts), top_k)
+  weights = jnp.full((tokens, top_k), 0.5)
+  grad = lambda kind: jax.grad(lambda a, ew: jnp.sum(jnp.sin(moe.dispatch_experts(a, ids, weights, ew, impl=kind))),
+                               argnums=(0, 1))(x, w)
+  for got, want in zip(jax.tree.leaves(grad(impl)), jax.tree.leaves(grad("ragged"))):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=1e-5)

@@ -25,6 +25,7 @@ M assignment rows, D embed (hidden), F expert width, E experts (`E_l` on one dev
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, NamedTuple
 
@@ -138,12 +139,14 @@ def _swiglu_rows(x_CxD, gate_DxF, up_DxF, down_FxD):
   return _swiglu(x_CxD @ gate_DxF, x_CxD @ up_DxF) @ down_FxD
 
 
-def _bucketed_experts(rows_MxD, group_sizes_E, w: ExpertWeights, dtype) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _bucketed_experts(rows_MxD, group_sizes_E, w: ExpertWeights, dtype, max_tile: int) -> jax.Array:
   """Grouped matmul for few rows per expert (decoding): every expert's first `C` rows sit in its bucket of a
   `[E, C, D]` array multiplied by the stacked weights in place (each weight read once, nothing gathered);
   the rows of experts with more than `C` go through a loop over `C`-row tiles of one expert each, whose trip
   count is the number of such tiles (usually a few; zero for even routing). Rows past `sum(group_sizes_E)`
-  (assignments to other devices) get zeros.
+  (assignments to other devices) get zeros. The loop's trip count is data-dependent, so the backward pass
+  is that of the `tiled` kernel (same function; it recomputes the forward).
   """
   num_rows, dim = rows_MxD.shape
   num_experts = group_sizes_E.shape[0]
@@ -179,6 +182,20 @@ def _bucketed_experts(rows_MxD, group_sizes_E, w: ExpertWeights, dtype) -> jax.A
   return out_MxD[:num_rows]
 
 
+def _bucketed_fwd(rows_MxD, group_sizes_E, w, dtype, max_tile):
+  return _bucketed_experts(rows_MxD, group_sizes_E, w, dtype, max_tile), (rows_MxD, group_sizes_E, w)
+
+
+def _bucketed_bwd(dtype, max_tile, residuals, out_cotangent_MxD):
+  rows_MxD, group_sizes_E, w = residuals
+  _, vjp = jax.vjp(lambda r, ew: _tiled_experts(r, group_sizes_E, ew, dtype, max_tile), rows_MxD, w)
+  rows_cotangent, w_cotangent = vjp(out_cotangent_MxD)
+  return rows_cotangent, None, w_cotangent
+
+
+_bucketed_experts.defvjp(_bucketed_fwd, _bucketed_bwd)
+
+
 # On CPU, `auto` uses the bucketed kernel up to this many rows per expert on average (decoding: a block of
 # 32 tokens x top-8 over 64 experts is 4 per row of the batch), the tiled one above (training).
 BUCKETED_MAX_MEAN_ROWS = 64
@@ -200,7 +217,7 @@ def _grouped_experts(rows_MxD, group_sizes_E, experts: ExpertWeights, impl: str,
   if impl == "tiled":
     return _tiled_experts(rows_MxD, group_sizes_E, experts, rows_MxD.dtype, max_tile)
   if impl == "bucketed":
-    return _bucketed_experts(rows_MxD, group_sizes_E, experts, rows_MxD.dtype)
+    return _bucketed_experts(rows_MxD, group_sizes_E, experts, rows_MxD.dtype, max_tile)
   raise ValueError(f"unknown MoE implementation {impl!r}")
 
 
