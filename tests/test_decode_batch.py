@@ -90,7 +90,8 @@ def test_generation_is_one_program(tiny_model, prompts):
   assert _generate._cache_size() == compiled
 
 
-@pytest.mark.parametrize("mesh_shape", [{"data": 2, "expert": 2, "tensor": 2}, {"expert": 8}])
+@pytest.mark.parametrize("mesh_shape", [{"data": 2, "expert": 2, "tensor": 2},
+                                        pytest.param({"expert": 8}, marks=pytest.mark.slow)])
 def test_sharded_decoding_equals_single_device(tiny_model, prompts, mesh_shape):
   cfg, variables = tiny_model
   want = generate(cfg, variables, prompts, _options("spd"))

@@ -77,7 +77,7 @@ def run_step(cfg, variables, batch, mesh):
   return jax.device_get(new_state), jax.device_get(metrics)
 
 
-@pytest.mark.slow  # the default suite checks the expert-parallel step on three meshes in test_train_step.py
+@pytest.mark.slow  # the default suite checks the expert-parallel step on two meshes in test_train_step.py
 def test_expert_parallel_step_equals_single_device(variables, host_batch):
   """The recipe's mesh shape at small scale, top-4 of 16 experts."""
   single = sharding.make_mesh({"fsdp": 1}, jax.devices()[:1])

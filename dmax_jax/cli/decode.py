@@ -23,6 +23,7 @@ import os
 import time
 
 from dmax_jax.cli.policy import Parser, command, confidence, nonnegative_float, nonnegative_int, positive_int, warn
+from dmax_jax.decoding.options import DEFAULT_THRESHOLD, MODES, TRAINED_BLOCK_LENGTH, DecodeOptions
 from dmax_jax.errors import InputError
 
 # The checkpoint used when --ckpt is omitted, and the user message decoded when no prompt is given with it:
@@ -30,8 +31,6 @@ from dmax_jax.errors import InputError
 # fully correct worked solution (it gets ~3/4 of the test problems right). Change them here only.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CKPT = os.path.join(REPO_ROOT, "checkpoints", "dmax-tiny")
-# LLaDA2.0, DMax and DMax-tiny are trained with blocks of this length; others change the answers.
-TRAINED_BLOCK_LENGTH = 32
 DEFAULT_PROMPT = ("Zoe has 8 pens. She loses 2 pens. She shares them equally among 3 friends. "
                   "How many pens does each friend get?")
 
@@ -47,6 +46,7 @@ def _count_compile_time(event: str, seconds: float, **_) -> None:
 
 
 def parse_args(argv):
+  d = DecodeOptions()  # the flags' defaults are the library's
   p = Parser(prog="decode.py", description=__doc__)
   p.add_argument("--ckpt", default=DEFAULT_CKPT,
                  help="checkpoint directory: converted by convert_weights.py, or a Hugging Face directory "
@@ -58,21 +58,25 @@ def parse_args(argv):
   src.add_argument("--prompt-ids", help="comma-separated prompt token ids, used as they are (no template)")
   src.add_argument("--batch-file", help="one prompt per line, decoded together as one batch; a line of "
                                         "comma-separated integers is token ids, any other line a chat message")
-  p.add_argument("--mode", choices=("spd", "threshold"), default="spd",
-                 help="spd: DMax soft parallel decoding; threshold: the official LLaDA2.0 generate() (default: spd)")
+  p.add_argument("--mode", choices=MODES, default=d.mode,
+                 help=f"spd: DMax soft parallel decoding; threshold: the official LLaDA2.0 generate() (default: {d.mode})")
   p.add_argument("--threshold", type=confidence, default=None,
                  help="commit confidence: SPD decodes the leftmost run of masked positions at or above it; "
-                      "threshold mode commits every masked position above it (default: 0.5 spd, 0.95 threshold)")
-  p.add_argument("--converge-threshold", type=confidence, default=0.9,
-                 help="SPD: a block ends when every position it decodes is at least this confident (default 0.9)")
-  p.add_argument("--block-length", type=positive_int, default=TRAINED_BLOCK_LENGTH,
+                      "threshold mode commits every masked position above it (default: "
+                      + ", ".join(f"{v} {m}" for m, v in DEFAULT_THRESHOLD.items()) + ")")
+  p.add_argument("--converge-threshold", type=confidence, default=d.converge_threshold,
+                 help="SPD: a block ends when every position it decodes is at least this confident "
+                      f"(default {d.converge_threshold})")
+  p.add_argument("--block-length", type=positive_int, default=d.block_length,
                  help=f"tokens per block (default {TRAINED_BLOCK_LENGTH}, the block length LLaDA2.0 and DMax are "
                       "trained with: another value works but warns, it changes the answers)")
   p.add_argument("--steps", type=positive_int, default=None,
                  help="threshold mode: steps per block (the block is split evenly over them); SPD: the step "
                       "cap per block (default: the block length)")
-  p.add_argument("--gen-length", type=positive_int, default=256, help="tokens to generate after the prompt (default 256)")
-  p.add_argument("--temperature", type=nonnegative_float, default=0.0, help="0 = greedy (default); > 0 samples (Gumbel-max)")
+  p.add_argument("--gen-length", type=positive_int, default=d.gen_length,
+                 help=f"tokens to generate after the prompt (default {d.gen_length})")
+  p.add_argument("--temperature", type=nonnegative_float, default=d.temperature,
+                 help=f"0 = greedy; > 0 samples (Gumbel-max) (default {d.temperature})")
   p.add_argument("--seed", type=nonnegative_int, default=0, help="sampling seed; row i of a batch uses fold_in(seed, i)")
   p.add_argument("--mesh", default=None,
                  help="decode sharded over a device mesh, e.g. 'expert=4,tensor=2' (axes data, fsdp, expert, "
@@ -153,7 +157,7 @@ def main(argv) -> int:
   import jax
 
   from dmax_jax import load_model, sharding
-  from dmax_jax.decoding import DecodeOptions, pad_prompts, prompt_bucket, row_keys, unpack, validate_prompts
+  from dmax_jax.decoding import pad_prompts, prompt_bucket, row_keys, unpack, validate_prompts
   from dmax_jax.decoding.generate import decoder_call
   from dmax_jax.decoding.html import write_replay
   from dmax_jax.tokenization import load_tokenizer

@@ -12,6 +12,8 @@ from dmax_jax.config import ModelConfig
 
 MODES = ("spd", "threshold")
 DEFAULT_THRESHOLD = {"spd": 0.5, "threshold": 0.95}
+# LLaDA2.0, DMax and DMax-tiny are trained with blocks of this length; others change the answers.
+TRAINED_BLOCK_LENGTH = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +33,7 @@ class DecodeOptions:
   """
 
   mode: str = "spd"
-  block_length: int = 32
+  block_length: int = TRAINED_BLOCK_LENGTH
   gen_length: int = 256
   steps: int | None = None
   threshold: float | None = None
