@@ -1,0 +1,1 @@
+"""Benchmark evaluation (GSM8K, MATH500, HumanEval, MBPP, ...): scorers and the code-execution sandbox."""
