@@ -25,7 +25,7 @@ def _size(text: str) -> int:
 
 
 def build_parser() -> Parser:
-  parser = Parser(prog="convert_weights.py", description=__doc__)
+  parser = Parser(description=__doc__)
   sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
   common = argparse.ArgumentParser(add_help=False)
   common.add_argument("--overwrite", action="store_true",

@@ -47,7 +47,7 @@ def _count_compile_time(event: str, seconds: float, **_) -> None:
 
 def parse_args(argv):
   d = DecodeOptions()  # the flags' defaults are the library's
-  p = Parser(prog="decode.py", description=__doc__)
+  p = Parser(description=__doc__)
   p.add_argument("--ckpt", default=DEFAULT_CKPT,
                  help="checkpoint directory: converted by convert_weights.py, or a Hugging Face directory "
                       "(config.json + safetensors; a tokenizer there enables --prompt and text output) "

@@ -17,7 +17,7 @@ from dmax_jax.cli.policy import Parser, command, nonnegative_int, positive_int
 
 
 def parse_args(argv):
-  p = Parser(prog="train.py", description=__doc__)
+  p = Parser(description=__doc__)
   p.add_argument("--config", required=True, help="YAML run config with model/data/train/mesh/checkpoint sections")
   p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                  help="override one config value (parsed as YAML, e.g. --set train.max_steps=10); repeatable")
