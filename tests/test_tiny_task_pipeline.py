@@ -30,6 +30,7 @@ def test_cli_arguments():
       parse_args(bad)
 
 
+@pytest.mark.slow  # ~1 min; each stage's pieces (trainer, export, decoders, task) have default tests
 def test_smoke_pipeline_runs_every_stage_and_resumes(tmp_path):
   run_dir = str(tmp_path / "run")
   proc = _run(["--smoke", "--run-dir", run_dir])
