@@ -174,10 +174,7 @@ def main(argv) -> int:
     except InputError as e:
       raise InputError(f"--mesh {args.mesh!r}: {e}") from None
   cfg, variables = load_model(args.ckpt, mesh=mesh, scan_layers=False)  # unrolled layers: faster decoding
-  try:
-    validate_prompts(cfg, prompts, options)
-  except ValueError as e:
-    raise InputError(str(e)) from None
+  validate_prompts(cfg, prompts, options)
 
   width = prompt_bucket(max(len(p) for p in prompts), options.block_length)
   ids, lens = pad_prompts(prompts, width)

@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from dmax_jax.config import ModelConfig
+from dmax_jax.errors import InputError
 
 MODES = ("spd", "threshold")
 DEFAULT_THRESHOLD = {"spd": 0.5, "threshold": 0.95}
@@ -45,18 +46,18 @@ class DecodeOptions:
 
   def __post_init__(self):
     if self.mode not in MODES:
-      raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+      raise InputError(f"mode must be one of {MODES}, got {self.mode!r}")
     for name in ("block_length", "gen_length"):
       if getattr(self, name) <= 0:
-        raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        raise InputError(f"{name} must be positive, got {getattr(self, name)}")
     if self.steps is not None and self.steps <= 0:
-      raise ValueError(f"steps must be positive, got {self.steps}")
+      raise InputError(f"steps must be positive, got {self.steps}")
     if self.temperature < 0:
-      raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+      raise InputError(f"temperature must be >= 0, got {self.temperature}")
     for name in ("threshold", "converge_threshold"):  # confidences: outside [0, 1] a run never stops early
       value = getattr(self, name)
       if value is not None and not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a confidence in [0, 1], got {value}")
+        raise InputError(f"{name} must be a confidence in [0, 1], got {value}")
 
   @property
   def resolved_threshold(self) -> float:
@@ -71,7 +72,7 @@ class DecodeOptions:
   def special_ids(self, cfg: ModelConfig) -> tuple[int, int]:
     eos = cfg.eos_token_id if self.eos_id is None else self.eos_id
     if eos is None:
-      raise ValueError("no eos id: the config has no eos_token_id; pass eos_id")
+      raise InputError("no eos id: the config has no eos_token_id; pass eos_id")
     return int(eos), int(cfg.mask_token_id if self.mask_id is None else self.mask_id)
 
 
@@ -93,22 +94,22 @@ def prompt_bucket(prompt_len: int, block_length: int) -> int:
 
 
 def validate_prompts(cfg: ModelConfig, prompts: Sequence[Sequence[int]], options: DecodeOptions) -> None:
-  """Raises ValueError for empty prompts, unknown or mask token ids and over-long sequences."""
+  """Raises InputError (a ValueError) for empty prompts, unknown or mask token ids and over-long sequences."""
   if not prompts:
-    raise ValueError("no prompts given")
+    raise InputError("no prompts given")
   _, mask_id = options.special_ids(cfg)
   for i, prompt in enumerate(prompts):
     ids = np.asarray(prompt)
     if ids.size == 0:
-      raise ValueError(f"prompt {i} is empty")
+      raise InputError(f"prompt {i} is empty")
     bad = ids[(ids < 0) | (ids >= cfg.vocab_size)]
     if bad.size:
-      raise ValueError(f"prompt {i} has token id(s) {sorted(set(bad.tolist()))[:5]} outside the "
+      raise InputError(f"prompt {i} has token id(s) {sorted(set(bad.tolist()))[:5]} outside the "
                        f"vocabulary [0, {cfg.vocab_size})")
     if (ids == mask_id).any():
-      raise ValueError(f"prompt {i} contains the mask token id {mask_id}")
+      raise InputError(f"prompt {i} contains the mask token id {mask_id}")
     need = total_length(ids.size, options.gen_length, options.block_length)
     if need > cfg.max_position_embeddings:
-      raise ValueError(f"prompt {i} is too long: {ids.size} prompt + {options.gen_length} generated "
+      raise InputError(f"prompt {i} is too long: {ids.size} prompt + {options.gen_length} generated "
                        f"tokens (rounded up to blocks of {options.block_length}: {need}) exceed "
                        f"max_position_embeddings={cfg.max_position_embeddings}")
