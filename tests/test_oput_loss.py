@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import dmax_jax
-from dmax_jax.training.loss import block_diffusion_mask, oput_loss_terms
+from dmax_jax.training.loss import block_diffusion_mask, oput_loss_terms, weighted_loss_terms
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,18 @@ def test_rollout_switch_off_gives_plain_masked_diffusion_loss(tiny_model, oput_c
   cfg, variables = tiny_model
   noisy, clean, labels = _inputs(oput_case)
   terms = jax.jit(oput_loss_terms, static_argnums=(0, 6, 7))
-  total, count = terms(cfg, variables, noisy, clean, labels, jnp.asarray([True]), oput_case["block_size"], False)
+  total, count, _ = terms(cfg, variables, noisy, clean, labels, jnp.asarray([True]), oput_case["block_size"], False)
   assert int(count) == oput_case["num_label_positions"]
   assert abs(float(total / count) - oput_case["loss_without_onpolicy"]) < 1e-4
+
+
+def test_loss_weightings_on_literal_cross_entropies():
+  """Row 0: CE 1, 2, 3 on three label tokens; row 1: CE 6 on one; row 2: no label token."""
+  ce = jnp.asarray([[1.0, 2.0, 3.0, 9.0], [6.0, 9.0, 9.0, 9.0], [9.0, 9.0, 9.0, 9.0]])
+  valid = jnp.asarray([[True, True, True, False], [True, False, False, False], [False] * 4])
+  numerator, denominator = weighted_loss_terms(ce, valid, "tokens")
+  assert (float(numerator), float(denominator)) == (12.0, 4.0)        # 12 / 4 = 3
+  numerator, denominator = weighted_loss_terms(ce, valid, "sequence")
+  assert (float(numerator), float(denominator)) == (2.0 + 6.0, 2.0)   # (mean 2 + mean 6) / 2 rows = 4
+  with pytest.raises(ValueError, match="weighting"):
+    weighted_loss_terms(ce, valid, "rows")

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from dmax_jax.config import ConfigError
+from dmax_jax.training import run_record
 from dmax_jax.training.run_config import load_run_config
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -19,6 +20,7 @@ def test_dmax_recipe_config():
   assert (t.learning_rate, t.epochs, t.block_size, t.global_batch_size, t.warmup_ratio, t.schedule) == \
       (2e-6, 2, 32, 8, 0.03, "cosine")
   assert cfg.data.max_seq_len == 2048 and (t.b1, t.b2, t.weight_decay, t.clip_norm) == (0.9, 0.999, 0.01, 1.0)
+  assert t.loss_weighting == "sequence"  # the official trainer's per-sequence mean
 
 
 def test_overrides_are_typed():
@@ -39,6 +41,7 @@ def test_overrides_are_typed():
     ("model.path=/x", "exactly one of model.path"),
     ("train.max_steps=0", "train.max_steps must be positive"),
     ("trainmax_steps=1", "section.key=value"),
+    ("train.loss_weighting=rows", "train.loss_weighting must be one of"),
 ])
 def test_bad_values_name_the_key(override, message):
   with pytest.raises(ConfigError) as e:
@@ -53,3 +56,20 @@ def test_cli_rejects_bad_config_and_dry_run_prints_resolved_config():
   assert bad.returncode == 2 and "train.bogus" in bad.stderr
   ok = run("--dry-run", "--set", "train.epochs=5")
   assert ok.returncode == 0 and "epochs: 5" in ok.stdout
+
+
+def test_resume_check_reads_keys_missing_from_an_older_record_as_their_defaults(tmp_path):
+  """A run recorded before `train.loss_weighting` existed ran token-weighted: resuming it with the default
+  is the same run; with the other weighting it is another objective."""
+  out = str(tmp_path / "run")
+  cfg = load_run_config(TINY, [f"train.output_dir={out}"])
+  run_record.record(cfg)
+  path = os.path.join(out, run_record.FILE)
+  with open(path) as f:
+    lines = [line for line in f if "loss_weighting" not in line]
+  with open(path, "w") as f:
+    f.writelines(lines)
+  run_record.check_resume(cfg, allow_config_change=False)
+  changed = load_run_config(TINY, [f"train.output_dir={out}", "train.loss_weighting=sequence"])
+  with pytest.raises(ConfigError, match="train.loss_weighting: 'tokens' -> 'sequence'"):
+    run_record.check_resume(changed, allow_config_change=True)

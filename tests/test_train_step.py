@@ -9,6 +9,7 @@ import pytest
 
 from dmax_jax import sharding
 from dmax_jax.training.data import make_dataset
+from dmax_jax.training.loss import oput_loss
 from dmax_jax.training.run_config import DataSection, TrainSection
 from dmax_jax.training.step import global_batch, init_state, make_train_step
 
@@ -81,3 +82,21 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_model, host_batch, sing
   np.testing.assert_allclose(metrics["loss"], ref_metrics["loss"], rtol=1e-6)
   np.testing.assert_allclose(metrics["grad_norm"], ref_metrics["grad_norm"], rtol=1e-5)
   _assert_params_close(state["params"], ref_state["params"], atol=2e-5)
+
+
+@pytest.mark.parametrize("weighting", ["tokens", "sequence"])
+def test_loss_weighting_over_accumulated_micro_batches(tiny_model, host_batch, weighting):
+  """The step's loss over two micro-batches of 8 rows, against each row's own loss (one-row `oput_loss`,
+  itself checked against the dFactory reference) combined by hand: token-weighted or the mean of rows."""
+  cfg, variables = tiny_model
+  train = dataclasses.replace(TRAIN, loss_weighting=weighting)
+  _, metrics = one_step(cfg, variables, host_batch, sharding.make_mesh({"fsdp": 1}, jax.devices()[:1]), train)
+  row_loss = jax.jit(oput_loss, static_argnums=(0, 6))
+  losses = np.asarray([row_loss(cfg, variables, *(host_batch[k][i:i + 1] for k in
+                                                  ("noisy_ids", "clean_ids", "labels", "flags")), TRAIN.block_size)
+                       for i in range(len(host_batch["flags"]))])
+  counts = (np.asarray(host_batch["labels"]) != -100).sum(axis=1)
+  assert len(set(counts.tolist())) > 1  # rows of different lengths: the two weightings differ
+  expected = (losses * counts).sum() / counts.sum() if weighting == "tokens" else losses[counts > 0].mean()
+  np.testing.assert_allclose(metrics["loss"], expected, rtol=2e-5)
+  assert metrics["label_tokens"] == counts.sum()

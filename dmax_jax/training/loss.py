@@ -19,6 +19,10 @@ from dmax_jax.layers import vocab_parallel
 from dmax_jax.model import Transformer, apply_model, embed_tokens, lm_head_weight
 
 IGNORE_INDEX = -100
+# How label tokens are averaged over a global batch. "tokens": every label token of the batch weighs the
+# same (sum / count). "sequence": each row's mean over its label tokens, then the mean over rows: the
+# official dFactory trainer (micro-batch 1, the per-sequence loss averaged over the accumulated micro-batches).
+LOSS_WEIGHTINGS = ("tokens", "sequence")
 
 
 def block_diffusion_mask(seq_len: int, block_size: int) -> jax.Array:
@@ -61,13 +65,29 @@ def _head_scores(config: ModelConfig, variables: Any, hidden_BxLxH, targets_BxL=
     return vocab_parallel.argmax(hidden_BxLxH, w)
   return vocab_parallel.cross_entropy(hidden_BxLxH, w, targets_BxL)
 
-def oput_loss_terms(config: ModelConfig, variables: Any, noisy_ids_BxL, clean_ids_BxL, labels_BxL,
-                    flags_B, block_size: int, on_policy: bool = True) -> tuple[jax.Array, jax.Array]:
-  """`(sum of token cross-entropies, number of label tokens)`, both float32 scalars.
+def weighted_loss_terms(ce_BxL, valid_BxL, weighting: str = "tokens") -> tuple[jax.Array, jax.Array]:
+  """`(numerator, denominator)` of the batch loss under `weighting` (see LOSS_WEIGHTINGS), float32.
 
-  Kept as a sum so that gradient accumulation over micro-batches averages over all label tokens of
-  the global batch, not over micro-batch means. `on_policy=False` (static) drops the rollout from the
-  program: plain masked-diffusion SFT whatever the flags.
+  Kept as a ratio so that gradient accumulation adds numerators and denominators over micro-batches:
+  "tokens" gives (sum of CE, label tokens), "sequence" (sum over rows of the row's mean CE, rows with
+  at least one label token). Rows without label tokens weigh nothing under either.
+  """
+  ce_BxL = jnp.where(valid_BxL, ce_BxL, 0.0).astype(jnp.float32)
+  if weighting == "tokens":
+    return jnp.sum(ce_BxL), jnp.sum(valid_BxL).astype(jnp.float32)
+  if weighting != "sequence":
+    raise ValueError(f"weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
+  count_B = jnp.sum(valid_BxL, axis=1).astype(jnp.float32)
+  row_mean_B = jnp.sum(ce_BxL, axis=1) / jnp.maximum(count_B, 1.0)
+  return jnp.sum(row_mean_B), jnp.sum(count_B > 0).astype(jnp.float32)
+
+
+def oput_loss_terms(config: ModelConfig, variables: Any, noisy_ids_BxL, clean_ids_BxL, labels_BxL,
+                    flags_B, block_size: int, on_policy: bool = True,
+                    weighting: str = "tokens") -> tuple[jax.Array, jax.Array, jax.Array]:
+  """`(loss numerator, loss denominator, number of label tokens)`, float32 scalars (see
+  `weighted_loss_terms`). `on_policy=False` (static) drops the rollout from the program: plain
+  masked-diffusion SFT whatever the flags.
   """
   seq_len = noisy_ids_BxL.shape[1]
   bias = mask_to_bias(block_diffusion_mask(seq_len, block_size), 1, 2 * seq_len, 2 * seq_len)
@@ -85,12 +105,13 @@ def oput_loss_terms(config: ModelConfig, variables: Any, noisy_ids_BxL, clean_id
   hidden = _noisy_half_hidden(config, variables, jnp.concatenate([policy_ids, clean_ids_BxL], 1), bias)
   valid = labels_BxL != IGNORE_INDEX
   ce = _head_scores(config, variables, hidden, jnp.where(valid, labels_BxL, 0))
-  return jnp.sum(jnp.where(valid, ce, 0.0)), jnp.sum(valid).astype(jnp.float32)
+  numerator, denominator = weighted_loss_terms(ce, valid, weighting)
+  return numerator, denominator, jnp.sum(valid).astype(jnp.float32)
 
 
 def oput_loss(config: ModelConfig, params: Any, noisy_ids, clean_ids, labels, flags,
-              block_size: int) -> jax.Array:
-  """OPUT loss (mean cross-entropy over label tokens), pure and jittable.
+              block_size: int, weighting: str = "tokens") -> jax.Array:
+  """OPUT loss (mean cross-entropy over label tokens, weighted by `weighting`), pure and jittable.
 
   Args:
     config: model config (static under jit); `config.mask_token_id` marks the masked positions.
@@ -100,10 +121,12 @@ def oput_loss(config: ModelConfig, params: Any, noisy_ids, clean_ids, labels, fl
     labels: `[batch, L]` int, clean ids or -100 (ignored), same positions as the inputs (no shift).
     flags: `[batch]` bool; True = on-policy rollout for that row, False = plain masked input.
     block_size: block-diffusion block length (L must be a multiple).
+    weighting: "tokens" (every label token of the batch alike) or "sequence" (mean of per-row means).
   Returns:
     float32 scalar.
   """
   if noisy_ids.shape[1] % block_size:
     raise ValueError(f"sequence length {noisy_ids.shape[1]} is not a multiple of block_size {block_size}")
-  total, count = oput_loss_terms(config, params, noisy_ids, clean_ids, labels, flags, block_size)
-  return total / jnp.maximum(count, 1.0)
+  numerator, denominator, _ = oput_loss_terms(config, params, noisy_ids, clean_ids, labels, flags, block_size,
+                                               weighting=weighting)
+  return numerator / jnp.maximum(denominator, 1.0)

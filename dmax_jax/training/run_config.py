@@ -14,6 +14,7 @@ import yaml
 
 from dmax_jax.config import DTYPES, MOE_IMPLS, PARALLELISMS, REMAT_POLICIES, ConfigError
 from dmax_jax.sharding import MESH_AXES
+from dmax_jax.training.loss import LOSS_WEIGHTINGS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +68,7 @@ class TrainSection:
   clip_norm: float = 1.0
   block_size: int = 32
   on_policy: bool = True  # False: plain masked-diffusion SFT (ablation)
+  loss_weighting: str = "tokens"  # or "sequence": the official trainer's mean of per-row means (LOSS_WEIGHTINGS)
   log_every: int = 1
   tensorboard: bool = True
   export_hf: str | None = None  # directory for a Hugging Face safetensors export at the end
@@ -122,7 +124,7 @@ class RunConfig:
     return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-_SECTION_TYPES = {"model": ModelSection, "data": DataSection, "train": TrainSection, "mesh": MeshSection,
+SECTION_TYPES = {"model": ModelSection, "data": DataSection, "train": TrainSection, "mesh": MeshSection,
                   "checkpoint": CheckpointSection}
 
 
@@ -152,7 +154,7 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
 
 
 def _section(name: str, raw: Any):
-  cls = _SECTION_TYPES[name]
+  cls = SECTION_TYPES[name]
   raw = {} if raw is None else raw
   if not isinstance(raw, dict):
     raise ConfigError(f"section {name!r} must be a mapping, got {raw!r}")
@@ -172,7 +174,8 @@ def _validate(cfg: RunConfig) -> None:
                               ("model.remat_policy", m.remat_policy, REMAT_POLICIES),
                               ("model.moe_impl", m.moe_impl, MOE_IMPLS),
                               ("model.parallelism", m.parallelism, PARALLELISMS),
-                              ("train.schedule", t.schedule, ("cosine", "linear", "constant"))):
+                              ("train.schedule", t.schedule, ("cosine", "linear", "constant")),
+                              ("train.loss_weighting", t.loss_weighting, LOSS_WEIGHTINGS)):
     if value not in allowed:
       raise ConfigError(f"{key} must be one of {allowed}, got {value!r}")
   if not d.train_path:
@@ -210,8 +213,8 @@ def _apply_override(raw: dict, assignment: str) -> None:
   if not sep or len(parts) != 2 or not all(parts):
     raise ConfigError(f"--set expects section.key=value, got {assignment!r}")
   section, name = parts
-  if section not in _SECTION_TYPES:
-    raise ConfigError(f"--set {key}: unknown section {section!r}; sections: {sorted(_SECTION_TYPES)}")
+  if section not in SECTION_TYPES:
+    raise ConfigError(f"--set {key}: unknown section {section!r}; sections: {sorted(SECTION_TYPES)}")
   raw.setdefault(section, {})
   if raw[section] is None:
     raw[section] = {}
@@ -232,11 +235,11 @@ def load_run_config(path: str | None = None, overrides: list[str] | tuple[str, .
     if not isinstance(raw, dict):
       raise ConfigError(f"{path} must hold a mapping of sections")
   raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
-  unknown = sorted(set(raw) - set(_SECTION_TYPES))
+  unknown = sorted(set(raw) - set(SECTION_TYPES))
   if unknown:
-    raise ConfigError(f"unknown section(s) {unknown}; expected {sorted(_SECTION_TYPES)}")
+    raise ConfigError(f"unknown section(s) {unknown}; expected {sorted(SECTION_TYPES)}")
   for assignment in overrides:
     _apply_override(raw, assignment)
-  cfg = RunConfig(**{name: _section(name, raw.get(name)) for name in _SECTION_TYPES})
+  cfg = RunConfig(**{name: _section(name, raw.get(name)) for name in SECTION_TYPES})
   _validate(cfg)
   return cfg

@@ -4,6 +4,7 @@ resumed run continues the same run: same objective, model, data and data order.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -11,7 +12,7 @@ import yaml
 
 from dmax_jax.config import ConfigError
 from dmax_jax.io import write_text_atomic
-from dmax_jax.training.run_config import RunConfig
+from dmax_jax.training.run_config import SECTION_TYPES, RunConfig
 
 FILE = "run_config.yaml"
 # Keys that change neither the objective nor the data order. How the run executes (mesh, kernels,
@@ -32,14 +33,21 @@ def _flatten(cfg: dict[str, Any]) -> dict[str, Any]:
   return {f"{section}.{key}": value for section, values in cfg.items() for key, value in values.items()}
 
 
+def _defaults() -> dict[str, Any]:
+  """Every key's default: a run recorded before a key existed ran with its default."""
+  return {f"{name}.{f.name}": f.default for name, cls in SECTION_TYPES.items() for f in dataclasses.fields(cls)
+          if f.default is not dataclasses.MISSING}
+
+
 def check_resume(cfg: RunConfig, allow_config_change: bool) -> None:
   """Raises `ConfigError` naming the keys in which `cfg` differs from the run in its output dir."""
   path = os.path.join(cfg.train.output_dir, FILE)
   if not os.path.exists(path):
     return
+  current = _flatten(cfg.to_dict())
   with open(path) as f:
     stored = _flatten(yaml.safe_load(f))
-  current = _flatten(cfg.to_dict())
+  stored = {**{k: v for k, v in _defaults().items() if k in current}, **stored}
   changed = sorted(k for k in stored.keys() | current.keys()
                    if stored.get(k) != current.get(k) and k not in FREE_KEYS)
   unsafe = [k for k in changed if k not in SAFE_KEYS]

@@ -64,32 +64,36 @@ def init_state(variables: dict, tx: optax.GradientTransformation, abstract: Stat
 
 
 def train_step_fn(cfg: ModelConfig, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                  block_size: int, on_policy: bool) -> Callable[[State, dict], tuple[State, dict]]:
-  """The pure step: gradients accumulated over the leading micro-batch axis (sum of token losses,
-  divided by the label tokens of the whole batch), clipped AdamW update, metrics."""
+                  block_size: int, on_policy: bool,
+                  loss_weighting: str = "tokens") -> Callable[[State, dict], tuple[State, dict]]:
+  """The pure step: gradients accumulated over the leading micro-batch axis (loss numerators and
+  denominators summed over micro-batches, so the weighting spans the whole batch), clipped AdamW
+  update, metrics."""
 
   def step(state: State, batch: dict) -> tuple[State, dict]:
     buffers = state["buffers"]
 
-    def token_loss_sum(params, mb):
-      return oput_loss_terms(cfg, {"params": params, "buffers": buffers}, mb["noisy_ids"], mb["clean_ids"],
-                             mb["labels"], mb["flags"], block_size, on_policy)
+    def loss_numerator(params, mb):
+      numerator, denominator, tokens = oput_loss_terms(
+          cfg, {"params": params, "buffers": buffers}, mb["noisy_ids"], mb["clean_ids"], mb["labels"],
+          mb["flags"], block_size, on_policy, loss_weighting)
+      return numerator, (denominator, tokens)
 
     def accumulate(carry, mb):
-      grad_sum, loss_sum, count = carry
-      (loss, n), grads = jax.value_and_grad(token_loss_sum, has_aux=True)(state["params"], mb)
+      grad_sum, loss_sum, count, tokens = carry
+      (loss, (n, t)), grads = jax.value_and_grad(loss_numerator, has_aux=True)(state["params"], mb)
       grad_sum = jax.tree.map(lambda a, g: a + g.astype(a.dtype), grad_sum, grads)
-      return (grad_sum, loss_sum + loss, count + n), None
+      return (grad_sum, loss_sum + loss, count + n, tokens + t), None
 
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state["params"])
-    (grad_sum, loss_sum, count), _ = jax.lax.scan(accumulate, (zeros, 0.0, 0.0), batch)
+    (grad_sum, loss_sum, count, tokens), _ = jax.lax.scan(accumulate, (zeros, 0.0, 0.0, 0.0), batch)
     count = jnp.maximum(count, 1.0)
     grads = jax.tree.map(lambda g, p: (g / count).astype(p.dtype), grad_sum, state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     new_state = {"params": optax.apply_updates(state["params"], updates), "buffers": buffers,
                  "opt_state": opt_state, "step": state["step"] + 1}
     metrics = {"loss": loss_sum / count, "grad_norm": optax.tree.norm(grads), "lr": schedule(state["step"]),
-               "label_tokens": count}
+               "label_tokens": tokens}
     return new_state, metrics
 
   return step
@@ -110,7 +114,8 @@ def _make_train_step(cfg: ModelConfig, train_cfg, total_steps: int, mesh: Mesh):
   tx, schedule = make_optimizer(train_cfg, total_steps)
   abstract = abstract_state(cfg, tx, mesh)
   state_sh = state_shardings(abstract)
-  step = jax.jit(train_step_fn(cfg, tx, schedule, train_cfg.block_size, train_cfg.on_policy),
+  step = jax.jit(train_step_fn(cfg, tx, schedule, train_cfg.block_size, train_cfg.on_policy,
+                                train_cfg.loss_weighting),
                  in_shardings=(state_sh, batch_shardings(mesh)),
                  out_shardings=(state_sh, sharding.replicated(mesh)),
                  donate_argnums=0)
