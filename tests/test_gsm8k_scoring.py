@@ -47,7 +47,8 @@ def test_lenient_scorer(response, correct):
 
 def test_unstable_response_is_dropped_unless_it_ends_cleanly():
   unstable = "wait wrong wait wrong wait stuck loop glitch. "
-  assert gsm8k.response_candidates(unstable + "so 1000") == []
+  assert gsm8k.response_candidates(unstable + "so 1000") == [] and gsm8k.unstable(unstable + "so 1000")
+  assert not gsm8k.unstable("No number here.") and gsm8k.response_candidates("No number here.") == []
   clean_end = "\n\n" + "Adding the boxes of each shelf together gives the total. " * 5 + "\nThe final answer is 1000"
   assert gsm8k.response_candidates(unstable * 10 + clean_end)[0] == "1000"
   assert gsm8k.reference_candidates(REFERENCE) == ["1000"]

@@ -22,8 +22,8 @@ import json
 import os
 import time
 
-from dmax_jax.cli.policy import Parser, command, confidence, nonnegative_float, nonnegative_int, positive_int, warn
-from dmax_jax.decoding.options import DEFAULT_THRESHOLD, MODES, TRAINED_BLOCK_LENGTH, DecodeOptions
+from dmax_jax.cli.decoding_flags import add_decoding_flags, decode_options, mesh_from_flag
+from dmax_jax.cli.policy import Parser, command, nonnegative_int, warn
 from dmax_jax.errors import InputError
 
 # The checkpoint used when --ckpt is omitted, and the user message decoded when no prompt is given with it:
@@ -34,19 +34,8 @@ DEFAULT_CKPT = os.path.join(REPO_ROOT, "checkpoints", "dmax-tiny")
 DEFAULT_PROMPT = ("Zoe has 8 pens. She loses 2 pens. She shares them equally among 3 friends. "
                   "How many pens does each friend get?")
 
-_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                   "/jax/core/compile/backend_compile_duration")
-_compile_seconds = [0.0]
-_listening: list[bool] = []
-
-
-def _count_compile_time(event: str, seconds: float, **_) -> None:
-  if event in _COMPILE_EVENTS:
-    _compile_seconds[0] += seconds
-
 
 def parse_args(argv):
-  d = DecodeOptions()  # the flags' defaults are the library's
   p = Parser(description=__doc__)
   p.add_argument("--ckpt", default=DEFAULT_CKPT,
                  help="checkpoint directory: converted by convert_weights.py, or a Hugging Face directory "
@@ -58,30 +47,8 @@ def parse_args(argv):
   src.add_argument("--prompt-ids", help="comma-separated prompt token ids, used as they are (no template)")
   src.add_argument("--batch-file", help="one prompt per line, decoded together as one batch; a line of "
                                         "comma-separated integers is token ids, any other line a chat message")
-  p.add_argument("--mode", choices=MODES, default=d.mode,
-                 help=f"spd: DMax soft parallel decoding; threshold: the official LLaDA2.0 generate() (default: {d.mode})")
-  p.add_argument("--threshold", type=confidence, default=None,
-                 help="commit confidence: SPD decodes the leftmost run of masked positions at or above it; "
-                      "threshold mode commits every masked position above it (default: "
-                      + ", ".join(f"{v} {m}" for m, v in DEFAULT_THRESHOLD.items()) + ")")
-  p.add_argument("--converge-threshold", type=confidence, default=d.converge_threshold,
-                 help="SPD: a block ends when every position it decodes is at least this confident "
-                      f"(default {d.converge_threshold})")
-  p.add_argument("--block-length", type=positive_int, default=d.block_length,
-                 help=f"tokens per block (default {TRAINED_BLOCK_LENGTH}, the block length LLaDA2.0 and DMax are "
-                      "trained with: another value works but warns, it changes the answers)")
-  p.add_argument("--steps", type=positive_int, default=None,
-                 help="threshold mode: steps per block (the block is split evenly over them); SPD: the step "
-                      "cap per block (default: the block length)")
-  p.add_argument("--gen-length", type=positive_int, default=d.gen_length,
-                 help=f"tokens to generate after the prompt (default {d.gen_length})")
-  p.add_argument("--temperature", type=nonnegative_float, default=d.temperature,
-                 help=f"0 = greedy; > 0 samples (Gumbel-max) (default {d.temperature})")
+  add_decoding_flags(p)
   p.add_argument("--seed", type=nonnegative_int, default=0, help="sampling seed; row i of a batch uses fold_in(seed, i)")
-  p.add_argument("--mesh", default=None,
-                 help="decode sharded over a device mesh, e.g. 'expert=4,tensor=2' (axes data, fsdp, expert, "
-                      "tensor; parameters and KV cache placed by the project's logical-axis rules); default: "
-                      "one device")
   p.add_argument("--json", action="store_true",
                  help="print one JSON object as the last stdout line: ids, text, nfe, tpf, num_tokens, "
                       "stopped_by_eos and timings (per-row lists for --batch-file)")
@@ -151,12 +118,10 @@ def _check_paths(args) -> None:
 def main(argv) -> int:
   args = parse_args(argv)
   _check_paths(args)
-  if args.block_length != TRAINED_BLOCK_LENGTH:
-    warn(f"--block-length {args.block_length}: models of this family are trained with blocks of "
-         f"{TRAINED_BLOCK_LENGTH}; other lengths change the answers")
   import jax
 
   from dmax_jax import load_model, sharding
+  from dmax_jax.compile_time import compile_seconds
   from dmax_jax.decoding import pad_prompts, prompt_bucket, row_keys, unpack, validate_prompts
   from dmax_jax.decoding.generate import decoder_call
   from dmax_jax.decoding.html import write_replay
@@ -164,29 +129,19 @@ def main(argv) -> int:
 
   tokenizer = load_tokenizer(args.ckpt)
   prompts = _prompts(args, tokenizer)
-  options = DecodeOptions(mode=args.mode, block_length=args.block_length, gen_length=args.gen_length,
-                          steps=args.steps, threshold=args.threshold, converge_threshold=args.converge_threshold,
-                          temperature=args.temperature, trace=args.html is not None)
-  mesh = None
-  if args.mesh:
-    try:
-      mesh = sharding.make_mesh(sharding.parse_mesh(args.mesh))
-    except InputError as e:
-      raise InputError(f"--mesh {args.mesh!r}: {e}") from None
+  options = decode_options(args, trace=args.html is not None)
+  mesh = mesh_from_flag(args.mesh)
   cfg, variables = load_model(args.ckpt, mesh=mesh, scan_layers=False)  # unrolled layers: faster decoding
   validate_prompts(cfg, prompts, options)
 
   width = prompt_bucket(max(len(p) for p in prompts), options.block_length)
   ids, lens = pad_prompts(prompts, width)
   fn, call_args = decoder_call(cfg, variables, ids, lens, options, row_keys(args.seed, len(prompts)))
-  if not _listening:
-    jax.monitoring.register_event_duration_secs_listener(_count_compile_time)
-    _listening.append(True)
-  compiled_before = _compile_seconds[0]
+  compiled_before = compile_seconds()
   t0 = time.perf_counter()
   with sharding.use_mesh(mesh) if mesh is not None else contextlib.nullcontext():
     out = jax.block_until_ready(fn(*call_args))
-  compile_s = _compile_seconds[0] - compiled_before  # 0 when this process already compiled the bucket
+  compile_s = compile_seconds() - compiled_before  # 0 when this process already compiled the bucket
   decode_s = time.perf_counter() - t0 - compile_s
   results = unpack(cfg, out, lens, options)
   total_tokens = sum(r.num_tokens for r in results)

@@ -137,10 +137,17 @@ def reference_candidates(reference: str) -> list[str]:
   return _dedupe(canonical_number(r) for r in raw if r)
 
 
+def unstable(response: str) -> bool:
+  """The lenient scorer drops this response: it wavers (repeated "wait", "wrong", ...) without a clean final
+  answer near its end."""
+  text = response.strip()
+  return _response_unstable(text) and not _clean_final_answer_near_end(text)
+
+
 def response_candidates(response: str) -> list[str]:
   """Canonical candidate answers of a response, most trusted first; [] for an unstable response."""
   text = response.strip()
-  if not text or (_response_unstable(text) and not _clean_final_answer_near_end(text)):
+  if not text or unstable(text):
     return []
   raw = [_last_number(span) for span in reversed(_answer_phrases(text)[-3:]) if not _snippet_unstable(span)]
   boxed = boxed_contents(text)

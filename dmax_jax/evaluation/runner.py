@@ -1,0 +1,148 @@
+"""Evaluating a checkpoint on a task: decode its prompts in batches, score every response, and keep
+`samples.jsonl` (one line per finished sample, appended and synced per batch) so a killed run resumes
+where it stopped; `results.json` and `results.md` summarise all samples.
+
+Protocol (DMax's evaluation): the prompt is the task's user message in the tokenizer's chat template; the
+response is every generated token except EOS (dInfer keeps non-EOS tokens after the first EOS) in SPD mode,
+the official generate()'s answer in threshold mode; TPF counts generated non-EOS tokens per forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Sequence
+
+from tqdm import tqdm
+
+from dmax_jax import sharding
+from dmax_jax.compile_time import compile_seconds
+from dmax_jax.decoding import DecodeOptions, generate, prompt_bucket, validate_prompts
+from dmax_jax.decoding.results import RowResult
+from dmax_jax.errors import InputError
+from dmax_jax.evaluation import summary
+from dmax_jax.evaluation.tasks import Record, Task
+from dmax_jax.io import write_text_atomic
+from dmax_jax.tokenization import chat_ids
+
+SAMPLES, RUN = "samples.jsonl", "run.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+  """A loaded checkpoint: config, variables, tokenizer, where it came from and its mesh (None: one device)."""
+  config: Any
+  variables: Any
+  tokenizer: Any
+  path: str
+  mesh: Any = None
+
+
+def read_samples(path: str) -> dict[int, dict[str, Any]]:
+  """Finished samples by doc id. A torn last line (a kill mid-write) is dropped and the file rewritten."""
+  if not os.path.exists(path):
+    return {}
+  with open(path, encoding="utf-8") as f:
+    lines = f.readlines()
+  samples, good = {}, []
+  for number, line in enumerate(lines, 1):
+    try:
+      sample = json.loads(line)
+    except json.JSONDecodeError:
+      if number < len(lines):
+        raise InputError(f"{path}: line {number} is not JSON; fix or remove the file to start over") from None
+      write_text_atomic(path, good)
+      break
+    samples[sample["doc_id"]] = sample
+    good.append(line)
+  return samples
+
+
+def _check_same_run(out_dir: str, identity: dict[str, Any]) -> None:
+  """Refuses to mix samples of another task, checkpoint or decoding setting into `out_dir`."""
+  path = os.path.join(out_dir, RUN)
+  if os.path.exists(path):
+    with open(path) as f:
+      stored = json.load(f)
+    changed = sorted(k for k in stored.keys() | identity.keys() if stored.get(k) != identity.get(k))
+    if changed:
+      raise InputError(f"{out_dir} holds an evaluation with other settings ({', '.join(changed)}); "
+                       "use another --output")
+  else:
+    write_text_atomic(path, json.dumps(identity, indent=1) + "\n")
+
+
+def response_ids(row: RowResult, options: DecodeOptions, eos_id: int) -> list[int]:
+  return [t for t in row.generated if t != eos_id] if options.mode == "spd" else row.ids
+
+
+def _sample(task: Task, doc_id: int, record: Record, prompt: str, response: str, row: RowResult,
+            seconds: float) -> dict[str, Any]:
+  scores = task.score(response, record)
+  return {"doc_id": doc_id, "prompt": prompt, "response": response, "extracted": task.extract(response),
+          "reference": task.reference(record), "scores": scores, "correct": scores[task.strict],
+          "nfe": row.nfe, "generated_tokens": row.num_tokens, "stopped_by_eos": row.stopped_by_eos,
+          "seconds": seconds}
+
+
+def append_lines(path: str, samples: Sequence[dict[str, Any]]) -> None:
+  with open(path, "a", encoding="utf-8") as f:
+    f.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def decode_batch(model: Model, prompts: list[list[int]], options: DecodeOptions,
+                  batch_size: int) -> tuple[list[RowResult], float, float]:
+  """Rows of one batch (padded to `batch_size` by repeating its first prompt, so every batch of a prompt
+  bucket reuses one compiled program), wall seconds and the compile seconds within them."""
+  width = prompt_bucket(max(len(p) for p in prompts), options.block_length)
+  padded = prompts + [prompts[0]] * (batch_size - len(prompts))
+  compiled, start = compile_seconds(), time.perf_counter()
+  with sharding.use_mesh(model.mesh) if model.mesh is not None else contextlib.nullcontext():
+    rows = generate(model.config, model.variables, padded, options, prompt_width=width)[:len(prompts)]
+  return rows, time.perf_counter() - start, compile_seconds() - compiled
+
+
+def evaluate(task: Task, records: Sequence[Record], model: Model, options: DecodeOptions, out_dir: str,
+             batch_size: int = 1, progress: bool = True) -> dict[str, Any]:
+  """Evaluates `records` (doc id = index), resuming from `out_dir/samples.jsonl`; returns the summary
+  (also written to `out_dir/results.json` and `out_dir/results.md`)."""
+  os.makedirs(out_dir, exist_ok=True)
+  _check_same_run(out_dir, {"task": task.name, "checkpoint": os.path.abspath(model.path),
+                            "options": dataclasses.asdict(options)})
+  path = os.path.join(out_dir, SAMPLES)
+  done = read_samples(path)
+  pending = [i for i in range(len(records)) if i not in done]
+  messages = {i: task.prompt(records[i]) for i in pending}
+  prompts = {i: chat_ids(model.tokenizer, [{"role": "user", "content": messages[i]}], add_generation_prompt=True)
+             for i in pending}
+  if pending:
+    validate_prompts(model.config, list(prompts.values()), options)
+  eos_id, _ = options.special_ids(model.config)
+  tally = summary.Tally(task, [done[i] for i in sorted(done) if i < len(records)])
+  compile_total = 0.0
+  with tqdm(total=len(records), initial=len(records) - len(pending), desc=task.name, unit="sample",
+            disable=not progress) as bar:
+    bar.set_postfix_str(tally.postfix())
+    for start in range(0, len(pending), batch_size):
+      ids = pending[start:start + batch_size]
+      rows, seconds, compiled = decode_batch(model, [prompts[i] for i in ids], options, batch_size)
+      compile_total += compiled
+      per_row = (seconds - compiled) / len(ids)
+      batch = [_sample(task, i, records[i], messages[i],
+                       model.tokenizer.decode(response_ids(row, options, eos_id), skip_special_tokens=True),
+                       row, per_row) for i, row in zip(ids, rows)]
+      append_lines(path, batch)
+      tally.add(batch)
+      bar.update(len(batch))
+      bar.set_postfix_str(tally.postfix())
+  result = tally.summary()
+  result.update({"checkpoint": model.path, "options": dataclasses.asdict(options), "batch_size": batch_size,
+                 "compile_seconds_this_run": compile_total})
+  write_text_atomic(os.path.join(out_dir, "results.json"), json.dumps(result, indent=1) + "\n")
+  write_text_atomic(os.path.join(out_dir, "results.md"), summary.markdown([result]))
+  return result
