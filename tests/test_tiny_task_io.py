@@ -37,21 +37,16 @@ def test_tiny_model_config_round_trips_and_has_the_architecture(tok, tmp_path):
   assert 1_000_000 <= counts["total"] <= 5_000_000
 
 
-def test_sft_and_oput_rows_round_trip(tmp_path):
+def test_sft_rows_round_trip(tmp_path):
   problems = task.generate_split("train", 5)
   rows = data.sft_rows(problems, seed=0)
   assert all(r["flag"] is False for r in rows)
   assert [r["messages"][0]["content"] for r in rows] == [p.prompt for p in problems]
   assert all(task.is_correct(r["messages"][1]["content"], p.answer) for r, p in zip(rows, problems))
-  oput = data.oput_rows(["q1", "q2"], ["a1", "a2"])
-  assert [(r["messages"][1]["content"], r["flag"]) for r in oput] == [
-      ("a1", True), ("a1", False), ("a2", True), ("a2", False)]
   path = str(tmp_path / "sub" / "rows.jsonl")
-  data.write_jsonl(path, rows + oput)
-  assert data.read_jsonl(path) == rows + oput
-  assert sum(1 for _ in open(path)) == len(rows) + len(oput)
-  with pytest.raises(ValueError):
-    data.oput_rows(["q"], [])
+  data.write_jsonl(path, rows)
+  assert data.read_jsonl(path) == rows
+  assert sum(1 for _ in open(path)) == len(rows)
 
 
 def test_evaluate_scores_answers_and_aggregates_tpf():

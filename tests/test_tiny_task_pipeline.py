@@ -40,8 +40,9 @@ def test_smoke_pipeline_runs_every_stage_and_resumes(tmp_path):
   for model in ("base", "dmax"):
     files = set(os.listdir(os.path.join(run_dir, model)))
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= files
-  rows = [json.loads(line) for line in open(os.path.join(run_dir, "data", "oput.jsonl"))]
-  assert rows and [r["flag"] for r in rows] == [True, False] * (len(rows) // 2)
+  rows = [json.loads(line) for line in open(os.path.join(run_dir, "trajectories", "oput.jsonl"))]
+  flags = [r["flag"] for r in rows]
+  assert rows and flags.count(True) == flags.count(False) == len(rows) // 2
   table = open(os.path.join(run_dir, "results", "results.md")).read().strip().splitlines()
   pc = pipeline.PipelineConfig(**pipeline.SMOKE)
   n_points = 2 * (len(pc.threshold_grid) + len(pc.spd_grid) * len(pc.spd_converge_grid))

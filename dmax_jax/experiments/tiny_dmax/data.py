@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 from dmax_jax.experiments.tiny_dmax import task
 from dmax_jax.io import write_text_atomic
@@ -20,14 +20,6 @@ def sft_rows(problems: Iterable[task.Problem], seed: int = 0, flag: bool = False
   """Base-model training rows: every problem with one random worked solution (fixed by seed and problem);
   `flag` false = plain masked-diffusion SFT."""
   return [chat_row(p.prompt, task.solution_for(p, seed, cfg), flag) for p in problems]
-
-
-def oput_rows(questions: Sequence[str], responses: Sequence[str]) -> list[dict[str, Any]]:
-  """The OPUT data set of DMax: every (prompt, model-generated response) once with flag true and once
-  with flag false, in that order."""
-  if len(questions) != len(responses):
-    raise ValueError(f"{len(questions)} questions but {len(responses)} responses")
-  return [chat_row(q, r, flag) for q, r in zip(questions, responses) for flag in (True, False)]
 
 
 def write_jsonl(path: str, rows: Iterable[dict[str, Any]]) -> str:

@@ -4,8 +4,8 @@ Stages (each skipped when its `<run_dir>/<stage>.done.json` exists, so a rerun r
 resumes from its Orbax checkpoints):
   prepare       tokenizer, tiny model config, base-model SFT rows (one fresh problem per row).
   base          masked-diffusion SFT from scratch (train.py's trainer, rollout off) -> `base/` (HF dir).
-  trajectories  the base model decodes training prompts (threshold decoding) -> OPUT rows, each response
-                once with flag true and once with flag false (DMax's recipe).
+  trajectories  the base model decodes training prompts (threshold decoding; `dmax_jax.trajectories`) -> OPUT
+                rows, each kept response once with flag true and once with flag false, shuffled (DMax's recipe).
   dmax          OPUT fine-tune of the base model on those rows -> `dmax/` (HF dir): "DMax-tiny".
   evaluate      both models x both decoders over a threshold grid on the test split -> results/.
 """
@@ -157,27 +157,26 @@ def decode_questions(cfg, variables, hf_tok, questions: Sequence[str], options, 
 
 
 def trajectories(pc: PipelineConfig) -> dict[str, Any]:
-  """Base-model answers to training prompts -> `data/oput.jsonl` (each response with flag true and false)."""
+  """Base-model answers to training prompts -> `trajectories/oput.jsonl` (each kept answer with flag true and
+  false), through the library's trajectory builder (`python -m dmax_jax.trajectories`)."""
+  from dmax_jax import trajectories as builder
   from dmax_jax.decoding import DecodeOptions
+  from dmax_jax.evaluation.runner import Model
+  from dmax_jax.experiments.tiny_dmax import eval_task
   cfg, variables, hf_tok = _load(pc, "base")
   problems = task.generate_split("train", pc.trajectory_prompts, seed=pc.seed)  # prompts the base model trained on
+  records = [{"question": p.prompt, "answer": str(p.answer)} for p in problems]
   options = DecodeOptions(mode="threshold", block_length=pc.block_length, gen_length=pc.gen_length,
                           threshold=pc.trajectory_threshold)
-  texts, rows, seconds = decode_questions(cfg, variables, hf_tok, [p.prompt for p in problems], options,
-                                          pc.decode_batch, "trajectories")
-  correct = [task.is_correct(t, p.answer) for t, p in zip(texts, problems)]
-  keep = [i for i, r in enumerate(rows) if r.stopped_by_eos and (correct[i] or not pc.trajectory_correct_only)]
-  if not keep:
-    raise RuntimeError(f"none of the {len(problems)} base-model answers ends with EOS"
-                       f"{' and is correct' if pc.trajectory_correct_only else ''}: the base model is undertrained")
-  data.write_jsonl(pc.path("data", "oput.jsonl"),
-                   data.oput_rows([problems[i].prompt for i in keep], [texts[i] for i in keep]))
-  return {"prompts": len(problems), "kept": len(keep), "accuracy": sum(correct) / len(correct),
-          "seconds": seconds, "tpf": sum(r.num_tokens for r in rows) / sum(r.nfe for r in rows)}
+  start = time.perf_counter()
+  builder.decode_shard(Model(cfg, variables, hf_tok, pc.path("base")), records, options, pc.path("trajectories"),
+                       batch_size=pc.decode_batch, verify=eval_task.TASK if pc.trajectory_correct_only else None)
+  seconds = time.perf_counter() - start
+  return {**builder.build_oput(pc.path("trajectories"), 1, len(records)), "seconds": seconds}
 
 
 def train_dmax(pc: PipelineConfig) -> dict[str, Any]:
-  return _train(pc, "dmax", {"path": pc.path("base")}, pc.path("data", "oput.jsonl"), pc.dmax_steps,
+  return _train(pc, "dmax", {"path": pc.path("base")}, pc.path("trajectories", "oput.jsonl"), pc.dmax_steps,
                 pc.dmax_batch, pc.dmax_lr, pc.dmax_noise, on_policy=True)
 
 
