@@ -191,3 +191,24 @@ def test_math_tasks_score_with_three_scorers():
   assert set(math500.score("So it is $\\boxed{2}$.", record).values()) == {False}
   algebra = {"problem": "x + 1 = 3?", "solution": "So $x = \\boxed{2}$."}
   assert tasks.get_task("minerva_algebra").score("Thus $x=\\boxed{2}$.", algebra)["lenient"] is True
+
+
+def test_readme_harness_table_is_the_stored_results():
+  """The README's DMax-tiny evaluation table is `summary.markdown` of the shipped results.json files, whose
+  numbers are the pipeline's for the same points (docs/tiny_dmax/points.json)."""
+  from dmax_jax.evaluation import summary
+  root = os.path.join(os.path.dirname(__file__), "..")
+  names = ("tiny-spd-0.5", "tiny-threshold-0.95", "tiny-threshold-0.7")
+  results = []
+  for name in names:
+    with open(os.path.join(root, "docs", "tiny_dmax", "harness", f"{name}.json")) as f:
+      results.append(json.load(f))
+  with open(os.path.join(root, "README.md")) as f:
+    stated = f.read().split("<!-- harness-table -->\n")[1].split("<!-- /harness-table -->")[0]
+  assert stated == summary.markdown(results)
+  with open(os.path.join(root, "docs", "tiny_dmax", "points.json")) as f:
+    points = {(p["model"], p["decoder"], p["threshold"]): p for p in json.load(f)}
+  for r in results:
+    point = points[("DMax-tiny", r["options"]["mode"], r["threshold"])]
+    assert (r["strict"]["accuracy"], r["n"]) == (point["accuracy"], point["n"])
+    assert r["tpf_ratio_of_sums"] == pytest.approx(point["tpf"])

@@ -23,6 +23,7 @@ import os
 from dmax_jax.cli.decode import DEFAULT_CKPT
 from dmax_jax.cli.decoding_flags import add_decoding_flags, decode_options, mesh_from_flag
 from dmax_jax.cli.policy import Parser, command, positive_int
+from dmax_jax.decoding.options import DEFAULT_THRESHOLD
 from dmax_jax.errors import InputError
 from dmax_jax.evaluation.tasks import NAMES, PAPER_GEN_LENGTH, get_task
 
@@ -53,7 +54,7 @@ def main(argv) -> int:
     raise InputError(f"--ckpt {args.ckpt}: no such checkpoint directory")
   task = get_task(args.task)
   records = task.records(args.data)[:args.limit]
-  options = decode_options(args, threshold=task.threshold if args.mode == "spd" else None,
+  options = decode_options(args, threshold=task.threshold if args.mode == "spd" else DEFAULT_THRESHOLD[args.mode],
                            gen_length=task.gen_length)
   output = args.output or os.path.join("runs", "eval", f"{task.name}-{options.mode}-{options.resolved_threshold:g}")
 

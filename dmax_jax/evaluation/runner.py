@@ -141,7 +141,8 @@ def evaluate(task: Task, records: Sequence[Record], model: Model, options: Decod
       bar.update(len(batch))
       bar.set_postfix_str(tally.postfix())
   result = tally.summary()
-  result.update({"checkpoint": model.path, "options": dataclasses.asdict(options), "batch_size": batch_size,
+  result.update({"checkpoint": model.path, "options": dataclasses.asdict(options),
+                 "threshold": options.resolved_threshold, "batch_size": batch_size,
                  "compile_seconds_this_run": compile_total})
   write_text_atomic(os.path.join(out_dir, "results.json"), json.dumps(result, indent=1) + "\n")
   write_text_atomic(os.path.join(out_dir, "results.md"), summary.markdown([result]))

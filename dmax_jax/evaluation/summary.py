@@ -65,9 +65,30 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
   for r in results:
     options = r.get("options", {})
     speed = f"{r['tokens_per_second']:.1f}" if r["tokens_per_second"] else "-"
+    checkpoint = os.path.basename(os.path.normpath(r.get("checkpoint", "-")))
     lines.append(
-        f"| {r['task']} | {os.path.basename(os.path.normpath(r.get('checkpoint', '-')))} | {options.get('mode', '-')} | {options.get('threshold', '-')} | "
-        f"{r['n']} | {100 * r['strict']['accuracy']:.1f} ({r['strict']['metric']}) | "
+        f"| {r['task']} | {checkpoint} | {options.get('mode', '-')} | {r.get('threshold', '-')} | {r['n']} | "
+        f"{100 * r['strict']['accuracy']:.1f} ({r['strict']['metric']}) | "
         f"{100 * r['lenient']['accuracy']:.1f} | {r['lenient']['dropped']} | {r['tpf_mean_of_ratios']:.2f} | "
         f"{r['tpf_ratio_of_sums']:.2f} | {r['mean_nfe']:.1f} | {speed} |")
   return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """`python -m dmax_jax.evaluation.summary DIR_OR_RESULTS_JSON...`: one Markdown table of several runs."""
+  import json
+  import sys
+  paths = list(sys.argv[1:] if argv is None else argv)
+  if not paths:
+    print("usage: python -m dmax_jax.evaluation.summary RUN_DIR_OR_results.json ...", file=sys.stderr)
+    return 2
+  results = []
+  for path in paths:
+    with open(os.path.join(path, "results.json") if os.path.isdir(path) else path) as f:
+      results.append(json.load(f))
+  print(markdown(results), end="")
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
