@@ -6,14 +6,16 @@ import json
 
 import pytest
 
-lm_eval = pytest.importorskip("lm_eval")
+from dmax_jax.cli.decode import DEFAULT_CKPT
+from dmax_jax.decoding import DecodeOptions
+from dmax_jax.evaluation import runner, tasks
 
-from dmax_jax.cli.decode import DEFAULT_CKPT  # noqa: E402
-from dmax_jax.decoding import DecodeOptions  # noqa: E402
-from dmax_jax.evaluation import runner, tasks  # noqa: E402
-from dmax_jax.evaluation.lm_eval_model import DMaxLM, cut_at  # noqa: E402
+pytestmark = pytest.mark.slow  # needs the [eval] extra; lm-eval's task machinery takes ~20 s to start
 
-pytestmark = pytest.mark.slow  # lm-eval's task machinery (datasets, pyarrow) takes ~20 s to start
+
+@pytest.fixture(scope="module")
+def lm_eval():
+  return pytest.importorskip("lm_eval")
 
 TASK_YAML = r"""task: gsm8k_local
 dataset_path: json
@@ -46,12 +48,14 @@ filter_list:
 """
 
 
-def test_cut_at_stop_strings():
+def test_cut_at_stop_strings(lm_eval):
+  from dmax_jax.evaluation.lm_eval_model import cut_at
   assert cut_at("a Question: b", ["Question:", "</s>"]) == "a "
   assert cut_at("abc", []) == "abc" and cut_at("abc", ["x"]) == "abc"
 
 
-def test_lm_eval_task_on_dmax_tiny_matches_evaluate(tmp_path):
+def test_lm_eval_task_on_dmax_tiny_matches_evaluate(lm_eval, tmp_path):
+  from dmax_jax.evaluation.lm_eval_model import DMaxLM, cut_at
   records = [{"question": p["question"], "answer": f"#### {p['answer']}"} for p in tasks.get_task("tiny").records()[:4]]
   data = tmp_path / "test.jsonl"
   data.write_text("".join(json.dumps(r) + "\n" for r in records))

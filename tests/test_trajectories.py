@@ -78,7 +78,6 @@ def test_trajectory_settings_default_to_llada2_generate():
       ("threshold", 0.95, 32, 2048)
 
 
-@pytest.mark.slow  # compiles DMax-tiny's OPUT step (~30 s)
 def test_one_train_py_step_on_the_built_data(built, tmp_path):
   from dmax_jax.cli import train as train_cli
   _, out = built

@@ -11,7 +11,7 @@ dropped as unstable (counted wrong, and counted).
 from __future__ import annotations
 
 import dataclasses
-import importlib
+import importlib.metadata
 from typing import Any, Callable
 
 from dmax_jax.errors import InputError
@@ -162,15 +162,16 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     _code("mbpp_plus", _MBPP_FIELDS, _mbpp_prompt, lambda r: "\n".join(r["test_list"]), _mbpp_scores,
           hub={"path": "evalplus/mbppplus", "name": None, "split": "test"}),
 )}
-# Tasks defined outside the library (module:attribute, imported on first use).
-PLUGINS = {"tiny": "dmax_jax.experiments.tiny_dmax.eval_task:TASK"}
-NAMES = tuple(TASKS) + tuple(PLUGINS)
+# Tasks defined outside the library register a `Task` under this entry-point group (pyproject.toml: the tiny
+# task of dmax_jax/experiments); they are imported on first use.
+PLUGIN_GROUP = "dmax_jax.tasks"
+PLUGINS = {e.name: e for e in importlib.metadata.entry_points(group=PLUGIN_GROUP)}
+NAMES = tuple(TASKS) + tuple(sorted(set(PLUGINS) - set(TASKS)))
 
 
 def get_task(name: str) -> Task:
   if name in TASKS:
     return TASKS[name]
   if name in PLUGINS:
-    module, attribute = PLUGINS[name].split(":")
-    return getattr(importlib.import_module(module), attribute)
+    return PLUGINS[name].load()
   raise InputError(f"unknown task {name!r}; choose from {', '.join(NAMES)}")
