@@ -229,7 +229,13 @@ def variable_shardings(config: ModelConfig, mesh: jax.sharding.Mesh | None) -> V
 
 
 def embed_tokens(config: ModelConfig, variables: Variables, input_ids_BxT: jax.Array) -> jax.Array:
+  """Input embeddings `[batch, T, hidden]` of token ids, in the compute dtype."""
   return Transformer(config).apply(variables, input_ids_BxT, method=Transformer.embed)
+
+
+def lm_head(config: ModelConfig, variables: Variables, hidden_BxTxH: jax.Array) -> jax.Array:
+  """Logits `[batch, T, vocab]` (float32) of final-normed hidden states (`apply_model(..., return_hidden=True)`)."""
+  return Transformer(config).apply(variables, hidden_BxTxH, method=Transformer.logits)
 
 
 def lm_head_weight(config: ModelConfig, variables: Variables) -> jax.Array:
@@ -254,13 +260,13 @@ def _forward_jit(config, variables, input_ids, inputs_embeds, attention_mask, po
   return logits
 
 
-def forward(config: ModelConfig, params: Variables, input_ids=None, inputs_embeds=None,
+def forward(config: ModelConfig, variables: Variables, input_ids=None, inputs_embeds=None,
             attention_mask=None, position_ids=None) -> jax.Array:
   """Logits `[batch, seq, vocab]` (float32) of a full forward pass.
 
   Args:
     config: the model config.
-    params: the model variables `{"params": ..., "buffers": ...}` (as returned by `load_model`).
+    variables: the model variables `{"params": ..., "buffers": ...}` (as returned by `load_model`).
     input_ids: `[batch, seq]` int token ids, or
     inputs_embeds: `[batch, seq, hidden]` input embeddings (exactly one of the two).
     attention_mask: keep mask (bool, True = attend) or additive float mask, `[batch, seq, seq]`,
@@ -286,4 +292,4 @@ def forward(config: ModelConfig, params: Variables, input_ids=None, inputs_embed
   if position_ids.shape[-1] != seq:
     raise ValueError(f"position_ids shape {position_ids.shape} does not match seq length {seq}")
   position_ids = jnp.broadcast_to(position_ids, (batch, seq))
-  return _forward_jit(config, params, input_ids, inputs_embeds, attention_mask, position_ids)
+  return _forward_jit(config, variables, input_ids, inputs_embeds, attention_mask, position_ids)

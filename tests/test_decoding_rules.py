@@ -1,6 +1,8 @@
 """The pure pieces of the decoders on literal arrays: token choice, SPD and threshold selection, SPD's stop
 rule and soft embeddings, the cache's attention bias and per-row slicing, and partial RoPE."""
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -121,3 +123,41 @@ def test_partial_rope_rotates_pairs_and_passes_the_rest():
     np.testing.assert_allclose([out[i], out[i + 2]], [a * np.cos(f) - b * np.sin(f), b * np.cos(f) + a * np.sin(f)],
                                rtol=1e-6)
   np.testing.assert_allclose(out[4:], [5.0, 6.0])
+
+
+KNOBS = rules.Knobs(threshold=jnp.float32(0.5), converge_threshold=jnp.float32(0.9), quota=jnp.array([2, 1, 1]))
+
+
+def test_soft_parallel_rule_update_stop_and_answer():
+  rule = rules.SoftParallel(max_steps=3, mask_id=M)
+  x, active = jnp.array([[5, M, M, M]]), jnp.array([[False, True, True, True]])
+  update = rule.update(x, active, jnp.array([[1, 2, 3, 4]]), jnp.array([[.9, .95, .92, .1]]), 1, KNOBS)
+  assert update.tokens.tolist() == [[5, 2, 3, M]] and update.stop.tolist() == [rules.NOT_STOPPED]
+  update = rule.update(update.tokens, active, jnp.array([[1, 2, 3, 4]]), jnp.array([[.1, .95, .92, .91]]), 2, KNOBS)
+  assert update.tokens.tolist() == [[5, 2, 3, 4]] and update.stop.tolist() == [rules.ALL_ACTIVE_CONFIDENT]
+  eos = 0
+  ids, tokens = rule.answer(np.array([7, 8, eos, 9, eos, eos]), eos, gen_length=6)
+  assert ids.tolist() == [7, 8] and tokens == 3  # dInfer counts every non-EOS token, even after the first EOS
+
+
+def test_threshold_rule_commits_quota_never_revises_and_ends_without_masks():
+  rule = rules.Threshold(max_steps=3, mask_id=M)
+  x, active = jnp.array([[M, M, M]]), jnp.ones((1, 3), bool)
+  # quota 2 at step 1: nothing above 0.5, so the two most confident masked positions
+  update = rule.update(x, active, jnp.array([[1, 2, 3]]), jnp.array([[.2, .4, .3]]), 1, KNOBS)
+  assert update.tokens.tolist() == [[M, 2, 3]] and update.stop.tolist() == [rules.NOT_STOPPED]
+  update = rule.update(update.tokens, active, jnp.array([[6, 7, 8]]), jnp.array([[.9, .9, .9]]), 2, KNOBS)
+  assert update.tokens.tolist() == [[6, 2, 3]] and update.stop.tolist() == [rules.BLOCK_DONE]
+  embed = lambda ids: jnp.asarray(ids, jnp.float32)[..., None] * jnp.ones(2)
+  np.testing.assert_array_equal(rule.next_inputs(embed, None, update, active, None, None, first=False),
+                                embed(update.tokens))
+  eos = 0
+  ids, tokens = rule.answer(np.array([7, eos, 9, eos]), eos, gen_length=3)
+  assert ids.tolist() == [7, eos] and tokens == 2  # generate()'s answer: cut after the first EOS, included
+
+
+def test_options_pick_the_rule_of_their_mode(tiny_model):
+  from dmax_jax.decoding import DecodeOptions
+  cfg = dataclasses.replace(tiny_model[0], mask_token_id=M)
+  assert DecodeOptions(mode="spd", steps=5).rule(cfg) == rules.SoftParallel(max_steps=5, mask_id=M)
+  assert DecodeOptions(mode="threshold", gen_length=4).rule(cfg) == rules.Threshold(max_steps=4, mask_id=M)

@@ -14,21 +14,24 @@ that block; a row that is done (EOS or last block) stops counting forwards.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 from dmax_jax.config import ModelConfig
 from dmax_jax.decoding import cache as kv_cache
 from dmax_jax.decoding import rules
 from dmax_jax.decoding.options import DecodeOptions, total_length, transfer_schedule
-from dmax_jax.model import Transformer, apply_model, embed_tokens
+from dmax_jax.model import KVCacheView, apply_model, embed_tokens, lm_head
 
 
-class Trace(NamedTuple):
+@struct.dataclass
+class Trace:
   """Per-step record; leading axes `[block iteration, step]`, then `[batch]` (and `[block_length]`)."""
   taken: jax.Array          # bool: the row ran this step
   block: jax.Array          # int32 [iterations, batch]: absolute block index
@@ -41,42 +44,66 @@ class Trace(NamedTuple):
   stop: jax.Array           # int32 stop code (rules.STOP_REASONS), 0 while the block continues
 
 
-class DecodeOutput(NamedTuple):
+@struct.dataclass
+class DecodeOutput:
   """tokens `[batch, max_len]` (the whole sequence, prompt included), nfe `[batch]` forwards per row,
   stopped_by_eos `[batch]`, trace (or None)."""
   tokens: jax.Array
   nfe: jax.Array
   stopped_by_eos: jax.Array
-  trace: Trace | None
+  trace: Trace | None = None
 
 
-class _Static(NamedTuple):
-  mode: str
+@dataclasses.dataclass(frozen=True)
+class Static:
+  """What the compiled program depends on (hashable): the rule, lengths, sampling, tracing, special ids."""
+  rule: rules.DecodingRule
   block_length: int
   gen_length: int
-  max_steps: int
   sample: bool
   trace: bool
   eos_id: int
   mask_id: int
 
 
-class _Block(NamedTuple):
-  step: jax.Array     # steps taken in this block (scalar)
-  x: jax.Array        # [batch, block] tokens
-  emb: jax.Array      # [batch, block, hidden] float32 input embeddings of the next step
-  done: jax.Array     # [batch] the row's block is finished (or the row is done)
-  nfe: jax.Array      # [batch]
+@struct.dataclass
+class Layout:
+  """Per-row block layout of a generation, `[batch]` int32: blocks are aligned at multiples of the block
+  length from position 0; a row decodes blocks `first_block .. num_blocks - 1`."""
+  prompt_lens: jax.Array
+  first_block: jax.Array
+  num_blocks: jax.Array
+
+
+@struct.dataclass
+class Inputs:
+  """Traced inputs every step reads: the rule's knobs, sampling keys `[batch]`, E[mask] `[hidden]` f32."""
+  knobs: rules.Knobs
+  temperature: jax.Array
+  keys: jax.Array
+  mask_emb: jax.Array
+
+
+@struct.dataclass
+class BlockState:
+  """The inner loop's carry: refinement of each row's current block."""
+  step: jax.Array     # int32 scalar: steps taken in this block
+  x: jax.Array        # int32 [batch, block]: the block's tokens
+  emb: jax.Array      # f32 [batch, block, hidden]: input embeddings of the next step
+  done: jax.Array     # bool [batch]: the row's block is finished (or the row is done)
+  nfe: jax.Array      # int32 [batch]: forwards so far
   trace: Trace | None
 
 
-class _Run(NamedTuple):
-  it: jax.Array       # block iteration (scalar)
-  tokens: jax.Array   # [batch, max_len]
-  cache: Any          # KVCacheView
-  done: jax.Array     # [batch]
-  eos: jax.Array      # [batch]
-  nfe: jax.Array      # [batch]
+@struct.dataclass
+class RunState:
+  """The outer loop's carry: one iteration per block."""
+  it: jax.Array       # int32 scalar: block iteration
+  tokens: jax.Array   # int32 [batch, max_len]
+  cache: KVCacheView  # [layers, batch, max_len, kv_heads, head_dim] (or per-layer tuples)
+  done: jax.Array     # bool [batch]: EOS generated or last block decoded
+  eos: jax.Array      # bool [batch]
+  nfe: jax.Array      # int32 [batch]
   trace: Trace | None
 
 
@@ -91,10 +118,6 @@ def max_block_iterations(options: DecodeOptions) -> int:
   return -(-options.gen_length // options.block_length) + 1
 
 
-def _lm_head(cfg, variables, hidden):
-  return Transformer(cfg).apply(variables, hidden, method=Transformer.logits)
-
-
 def _embed(cfg, variables, ids):
   return embed_tokens(cfg, variables, ids).astype(jnp.float32)
 
@@ -107,14 +130,10 @@ def _empty_trace(iters, steps, batch, block) -> Trace:
                stop=z(jnp.int32))
 
 
-class _Knobs(NamedTuple):
-  """Run-time values of a generation (traced, so changing them does not recompile)."""
-  threshold: jax.Array
-  converge_threshold: jax.Array
-  temperature: jax.Array
-  keys: jax.Array       # [batch] typed PRNG keys
-  mask_emb: jax.Array   # [hidden] float32 E[mask]
-  quota: jax.Array      # [max_steps] threshold-decoding commit schedule
+def _inputs(cfg: ModelConfig, st: Static, variables, threshold, converge_threshold, temperature, keys_B) -> Inputs:
+  quota = jnp.asarray(transfer_schedule(st.block_length, st.rule.max_steps))
+  return Inputs(knobs=rules.Knobs(threshold=threshold, converge_threshold=converge_threshold, quota=quota),
+                temperature=temperature, keys=keys_B, mask_emb=_embed(cfg, variables, jnp.full((1, 1), st.mask_id))[0, 0])
 
 
 def _forward_block(cfg: ModelConfig, variables, emb_BxTxH, start_B, cache) -> jax.Array:
@@ -126,119 +145,117 @@ def _forward_block(cfg: ModelConfig, variables, emb_BxTxH, start_B, cache) -> ja
   return logits
 
 
-def _refine(cfg: ModelConfig, st: _Static, variables, k: _Knobs, blk: _Block, logits_BxTxV, active_BxT, it,
-            first: bool) -> _Block:
+def _record(trace: Trace, it, step, live_B, x_BxT, update: rules.Update, x0_BxT, p_BxT) -> Trace:
+  """Writes one step of the rows that ran it into the trace."""
+  def at(buf, v):
+    return buf.at[it, step].set(jnp.where(live_B.reshape(live_B.shape + (1,) * (v.ndim - 1)), v, buf[it, step]))
+  return trace.replace(taken=trace.taken.at[it, step].set(live_B), tokens_before=at(trace.tokens_before, x_BxT),
+                       tokens_after=at(trace.tokens_after, update.tokens), argmax=at(trace.argmax, x0_BxT),
+                       max_prob=at(trace.max_prob, p_BxT), decoded=at(trace.decoded, update.decoded),
+                       changed=at(trace.changed, update.changed), stop=at(trace.stop, update.stop))
+
+
+def _refine(cfg: ModelConfig, st: Static, variables, inputs: Inputs, blk: BlockState, logits_BxTxV, active_BxT,
+            it, first: bool) -> BlockState:
   """One refinement step (of block iteration `it`) for the rows still working on their block."""
-  mask_id = st.mask_id
   live = ~blk.done
-  nstep = blk.step + 1
-  noise = None
-  if st.sample:
-    noise = jax.vmap(jax.random.fold_in)(k.keys, blk.nfe)
-  x0, p = rules.pick_tokens(logits_BxTxV, k.temperature, noise)
-  if st.mode == "spd":
-    x_new, decoded, changed = rules.spd_select(blk.x, active_BxT, x0, p, k.threshold, mask_id)
-    stop = rules.spd_stop(active_BxT, p, changed, nstep, st.max_steps, k.converge_threshold)
-    hard = _embed(cfg, variables, x_new)
-    soft = active_BxT & (x_new != mask_id)
-    reset = jnp.ones_like(soft) if first else (~soft & changed)
-    emb = rules.soft_embeddings(blk.emb, hard, soft, reset, p, k.mask_emb)
-  else:
-    x_new, decoded = rules.threshold_select(blk.x, x0, p, k.threshold, k.quota[blk.step], mask_id)
-    changed = decoded & (x0 != blk.x)
-    finished = ~(x_new == mask_id).any(-1) | (nstep >= st.max_steps)
-    stop = jnp.where(finished, rules.BLOCK_DONE, rules.NOT_STOPPED)
-    emb = _embed(cfg, variables, x_new)
-  trace = blk.trace
-  if trace is not None:
-    at = lambda buf, v: buf.at[it, blk.step].set(jnp.where(
-        live.reshape(live.shape + (1,) * (v.ndim - 1)), v, buf[it, blk.step]))
-    trace = trace._replace(
-        taken=trace.taken.at[it, blk.step].set(live), tokens_before=at(trace.tokens_before, blk.x),
-        tokens_after=at(trace.tokens_after, x_new), argmax=at(trace.argmax, x0),
-        max_prob=at(trace.max_prob, p), decoded=at(trace.decoded, decoded), changed=at(trace.changed, changed),
-        stop=at(trace.stop, stop))
-  return _Block(step=nstep, x=jnp.where(live[:, None], x_new, blk.x),
-                emb=jnp.where(live[:, None, None], emb, blk.emb), done=blk.done | (stop != 0),
-                nfe=blk.nfe + live, trace=trace)
+  noise = jax.vmap(jax.random.fold_in)(inputs.keys, blk.nfe) if st.sample else None
+  x0, p = rules.pick_tokens(logits_BxTxV, inputs.temperature, noise)
+  update = st.rule.update(blk.x, active_BxT, x0, p, blk.step + 1, inputs.knobs)
+  emb = st.rule.next_inputs(lambda ids: _embed(cfg, variables, ids), blk.emb, update, active_BxT, p,
+                            inputs.mask_emb, first)
+  trace = None if blk.trace is None else _record(blk.trace, it, blk.step, live, blk.x, update, x0, p)
+  return BlockState(step=blk.step + 1, x=jnp.where(live[:, None], update.tokens, blk.x),
+                    emb=jnp.where(live[:, None, None], emb, blk.emb), done=blk.done | (update.stop != 0),
+                    nfe=blk.nfe + live, trace=trace)
+
+
+def _prefill(cfg: ModelConfig, variables, tokens_BxS, width: int, blk_len: int, cache):
+  """Writes the blocks wholly inside the (padded) prompt into the cache; stale entries beyond a row's
+  prompt are never read."""
+  prefill_len = (width // blk_len) * blk_len
+  if not prefill_len:
+    return cache
+  batch = tokens_BxS.shape[0]
+  block_ids = jnp.arange(prefill_len) // blk_len
+  pre_ids = tokens_BxS[:, :prefill_len]
+  _, kv = apply_model(cfg, variables, embed_tokens(cfg, variables, pre_ids),
+                      jnp.broadcast_to(jnp.arange(prefill_len), pre_ids.shape),
+                      kv_cache.attention_bias(0, jnp.zeros((batch,), jnp.int32), block_ids[None, :] <= block_ids[:, None]),
+                      return_hidden=True)
+  return kv_cache.write(cache, kv, jnp.zeros((batch,), jnp.int32))
+
+
+def _first_forward(cfg: ModelConfig, variables, run: RunState, start_B, blk_len: int):
+  """The block's first forward: the previous block (final hard tokens) and this block together, both written
+  into the cache. Returns (logits `[batch, block, vocab]` of this block, the cache)."""
+  win_start = jnp.maximum(start_B - blk_len, 0)
+  win_ids = kv_cache.take_rows(run.tokens, win_start, 2 * blk_len)
+  win_blocks = jnp.arange(2 * blk_len) // blk_len
+  bias = kv_cache.attention_bias(kv_cache.length(run.cache), win_start, win_blocks[None, :] <= win_blocks[:, None])
+  hidden, kv = apply_model(cfg, variables, embed_tokens(cfg, variables, win_ids),
+                           win_start[:, None] + jnp.arange(2 * blk_len), bias, kv_prefix=run.cache,
+                           return_hidden=True)
+  return lm_head(cfg, variables, kv_cache.take_rows(hidden, start_B - win_start, blk_len)), \
+      kv_cache.write(run.cache, kv, win_start)
+
+
+def _end_block(st: Static, layout: Layout, run: RunState, blk: BlockState, start_B, x_BxT, cache) -> RunState:
+  """Commits each live row's block, notes EOS (and fills after it when the rule says so), ends finished rows."""
+  live = ~run.done
+  blk_len = st.block_length
+  tokens = kv_cache.put_rows(run.tokens, jnp.where(live[:, None], blk.x, x_BxT), start_B)
+  generated = start_B[:, None] + jnp.arange(blk_len) >= layout.prompt_lens[:, None]
+  has_eos = live & ((blk.x == st.eos_id) & generated).any(-1)
+  if st.rule.fills_after_eos:
+    pos_S = jnp.arange(tokens.shape[1])[None]
+    fill = has_eos[:, None] & (pos_S >= start_B[:, None] + blk_len) & (pos_S < layout.num_blocks[:, None] * blk_len)
+    tokens = jnp.where(fill, st.eos_id, tokens)
+  last = layout.first_block + run.it + 1 >= layout.num_blocks
+  return RunState(it=run.it + 1, tokens=tokens, cache=cache, done=run.done | has_eos | last, eos=run.eos | has_eos,
+                  nfe=blk.nfe, trace=blk.trace)
+
+
+def _block_iteration(cfg: ModelConfig, st: Static, variables, inputs: Inputs, layout: Layout,
+                     run: RunState) -> RunState:
+  """One block of every row: the first forward, then refinement steps until each row's block is done."""
+  blk_len = st.block_length
+  start_B = jnp.minimum(layout.first_block + run.it, layout.num_blocks - 1) * blk_len
+  x_BxT = kv_cache.take_rows(run.tokens, start_B, blk_len)
+  active = x_BxT == st.mask_id
+  logits, cache = _first_forward(cfg, variables, run, start_B, blk_len)
+  trace = None if run.trace is None else run.trace.replace(block=run.trace.block.at[run.it].set(start_B // blk_len))
+  blk = BlockState(step=jnp.int32(0), x=x_BxT, emb=_embed(cfg, variables, x_BxT), done=run.done, nfe=run.nfe,
+                   trace=trace)
+  blk = _refine(cfg, st, variables, inputs, blk, logits, active, run.it, first=True)
+
+  def refine(b: BlockState) -> BlockState:
+    logits = _forward_block(cfg, variables, b.emb, start_B, cache)
+    return _refine(cfg, st, variables, inputs, b, logits, active, run.it, first=False)
+
+  blk = jax.lax.while_loop(lambda b: (b.step < st.rule.max_steps) & ~b.done.all(), refine, blk)
+  return _end_block(st, layout, run, blk, start_B, x_BxT, cache)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _generate(cfg: ModelConfig, st: _Static, variables, prompt_ids_BxP, prompt_lens_B, threshold,
+def _generate(cfg: ModelConfig, st: Static, variables, prompt_ids_BxP, prompt_lens_B, threshold,
               converge_threshold, temperature, keys_B) -> DecodeOutput:
   batch, width = prompt_ids_BxP.shape
-  blk_len, mask_id, eos_id = st.block_length, st.mask_id, st.eos_id
-  options = DecodeOptions(block_length=blk_len, gen_length=st.gen_length)
+  options = DecodeOptions(block_length=st.block_length, gen_length=st.gen_length)
   seq_len = max_length(width, options)
-  iters = max_block_iterations(options)
-  pos_S = jnp.arange(seq_len)
-  arange_blk = jnp.arange(blk_len)
   prompt_lens_B = prompt_lens_B.astype(jnp.int32)
-
+  layout = Layout(prompt_lens=prompt_lens_B, first_block=prompt_lens_B // st.block_length,
+                  num_blocks=total_length(prompt_lens_B, st.gen_length, st.block_length) // st.block_length)
   padded = jnp.pad(prompt_ids_BxP.astype(jnp.int32), ((0, 0), (0, seq_len - width)))
-  tokens = jnp.where(pos_S[None] < prompt_lens_B[:, None], padded, mask_id)
-  first_block_B = prompt_lens_B // blk_len
-  num_blocks_B = total_length(prompt_lens_B, st.gen_length, blk_len) // blk_len
-  row_len_B = num_blocks_B * blk_len
-  knobs = _Knobs(threshold=threshold, converge_threshold=converge_threshold, temperature=temperature, keys=keys_B,
-                 mask_emb=_embed(cfg, variables, jnp.full((1, 1), mask_id))[0, 0],
-                 quota=jnp.asarray(transfer_schedule(blk_len, st.max_steps)))
-
-  cache = kv_cache.init_cache(cfg, batch, seq_len)
-  prefill_len = (width // blk_len) * blk_len
-  if prefill_len:  # blocks wholly inside the (padded) prompt; stale entries beyond a row's prompt are never read
-    block_ids = jnp.arange(prefill_len) // blk_len
-    keep = block_ids[None, :] <= block_ids[:, None]
-    pre_ids = tokens[:, :prefill_len]
-    _, kv = apply_model(cfg, variables, embed_tokens(cfg, variables, pre_ids),
-                        jnp.broadcast_to(jnp.arange(prefill_len), pre_ids.shape),
-                        kv_cache.attention_bias(0, jnp.zeros((batch,), jnp.int32), keep), return_hidden=True)
-    cache = kv_cache.write(cache, kv, jnp.zeros((batch,), jnp.int32))
-  # dInfer counts its prefill forward (even when there is no full prompt block); generate() has none.
-  nfe = jnp.full((batch,), 1 if st.mode == "spd" else 0, jnp.int32)
-
-  def block_body(run: _Run) -> _Run:
-    start_B = jnp.minimum(first_block_B + run.it, num_blocks_B - 1) * blk_len
-    live = ~run.done
-    x_blk = kv_cache.take_rows(run.tokens, start_B, blk_len)
-    active = x_blk == mask_id
-    # First step: previous block (final hard tokens) + this block; writes both into the cache.
-    win_start = jnp.maximum(start_B - blk_len, 0)
-    win_ids = kv_cache.take_rows(run.tokens, win_start, 2 * blk_len)
-    win_blocks = jnp.arange(2 * blk_len) // blk_len
-    bias = kv_cache.attention_bias(seq_len, win_start, win_blocks[None, :] <= win_blocks[:, None])
-    hidden, kv = apply_model(cfg, variables, embed_tokens(cfg, variables, win_ids),
-                             win_start[:, None] + jnp.arange(2 * blk_len), bias, kv_prefix=run.cache,
-                             return_hidden=True)
-    cache = kv_cache.write(run.cache, kv, win_start)
-    logits = _lm_head(cfg, variables, kv_cache.take_rows(hidden, start_B - win_start, blk_len))
-    trace = run.trace
-    if trace is not None:
-      trace = trace._replace(block=trace.block.at[run.it].set(start_B // blk_len))
-    blk = _Block(step=jnp.int32(0), x=x_blk, emb=_embed(cfg, variables, x_blk), done=run.done, nfe=run.nfe,
+  tokens = jnp.where(jnp.arange(seq_len)[None] < prompt_lens_B[:, None], padded, st.mask_id)
+  inputs = _inputs(cfg, st, variables, threshold, converge_threshold, temperature, keys_B)
+  cache = _prefill(cfg, variables, tokens, width, st.block_length, kv_cache.init_cache(cfg, batch, seq_len))
+  trace = _empty_trace(max_block_iterations(options), st.rule.max_steps, batch, st.block_length) if st.trace else None
+  run = RunState(it=jnp.int32(0), tokens=tokens, cache=cache, done=jnp.zeros((batch,), bool),
+                 eos=jnp.zeros((batch,), bool), nfe=jnp.full((batch,), int(st.rule.counts_prefill), jnp.int32),
                  trace=trace)
-    blk = _refine(cfg, st, variables, knobs, blk, logits, active, run.it, first=True)
-
-    def refine(b: _Block) -> _Block:
-      logits = _forward_block(cfg, variables, b.emb, start_B, cache)
-      return _refine(cfg, st, variables, knobs, b, logits, active, run.it, first=False)
-
-    blk = jax.lax.while_loop(lambda b: (b.step < st.max_steps) & ~b.done.all(), refine, blk)
-
-    tokens = kv_cache.put_rows(run.tokens, jnp.where(live[:, None], blk.x, x_blk), start_B)
-    generated = start_B[:, None] + arange_blk >= prompt_lens_B[:, None]
-    has_eos = live & ((blk.x == eos_id) & generated).any(-1)
-    if st.mode == "spd":  # dInfer fills everything after an EOS block with EOS
-      fill = has_eos[:, None] & (pos_S[None] >= start_B[:, None] + blk_len) & (pos_S[None] < row_len_B[:, None])
-      tokens = jnp.where(fill, eos_id, tokens)
-    last = first_block_B + run.it + 1 >= num_blocks_B
-    return _Run(it=run.it + 1, tokens=tokens, cache=cache, done=run.done | has_eos | last,
-                eos=run.eos | has_eos, nfe=blk.nfe, trace=blk.trace)
-
-  trace = _empty_trace(iters, st.max_steps, batch, blk_len) if st.trace else None
-  run = _Run(it=jnp.int32(0), tokens=tokens, cache=cache, done=jnp.zeros((batch,), bool),
-             eos=jnp.zeros((batch,), bool), nfe=nfe, trace=trace)
-  run = jax.lax.while_loop(lambda r: ~r.done.all(), block_body, run)
+  run = jax.lax.while_loop(lambda r: ~r.done.all(),
+                           functools.partial(_block_iteration, cfg, st, variables, inputs, layout), run)
   return DecodeOutput(tokens=run.tokens, nfe=run.nfe, stopped_by_eos=run.eos, trace=run.trace)
 
 
@@ -250,24 +267,21 @@ def block_step(cfg: ModelConfig, options: DecodeOptions, variables, cache, x_BxT
 
   Returns `(tokens [batch, block], next input embeddings [batch, block, hidden], block done [batch])`.
   """
-  st = static_options(cfg, options)._replace(trace=False)
+  st = dataclasses.replace(static_options(cfg, options), trace=False)
   batch = x_BxT.shape[0]
-  knobs = _Knobs(threshold=jnp.float32(options.resolved_threshold),
-                 converge_threshold=jnp.float32(options.converge_threshold),
-                 temperature=jnp.float32(max(options.temperature, 1e-6)), keys=row_keys(0, batch),
-                 mask_emb=_embed(cfg, variables, jnp.full((1, 1), st.mask_id))[0, 0],
-                 quota=jnp.asarray(transfer_schedule(st.block_length, st.max_steps)))
-  blk = _Block(step=jnp.int32(1), x=x_BxT, emb=emb_BxTxH, done=jnp.zeros((batch,), bool), nfe=nfe_B, trace=None)
-  out = _refine(cfg, st, variables, knobs, blk, _forward_block(cfg, variables, emb_BxTxH, start_B, cache),
+  inputs = _inputs(cfg, st, variables, jnp.float32(options.resolved_threshold),
+                   jnp.float32(options.converge_threshold), jnp.float32(max(options.temperature, 1e-6)),
+                   row_keys(0, batch))
+  blk = BlockState(step=jnp.int32(1), x=x_BxT, emb=emb_BxTxH, done=jnp.zeros((batch,), bool), nfe=nfe_B, trace=None)
+  out = _refine(cfg, st, variables, inputs, blk, _forward_block(cfg, variables, emb_BxTxH, start_B, cache),
                 active_BxT, 0, first=False)
   return out.x, out.emb, out.done
 
 
-def static_options(cfg: ModelConfig, options: DecodeOptions) -> _Static:
+def static_options(cfg: ModelConfig, options: DecodeOptions) -> Static:
   eos_id, mask_id = options.special_ids(cfg)
-  return _Static(mode=options.mode, block_length=options.block_length, gen_length=options.gen_length,
-                 max_steps=options.max_steps, sample=options.temperature > 0, trace=options.trace,
-                 eos_id=eos_id, mask_id=mask_id)
+  return Static(rule=options.rule(cfg), block_length=options.block_length, gen_length=options.gen_length,
+                sample=options.temperature > 0, trace=options.trace, eos_id=eos_id, mask_id=mask_id)
 
 
 def row_keys(seed: int, batch: int) -> jax.Array:

@@ -69,6 +69,11 @@ class DecodeOptions:
     steps = self.block_length if self.steps is None else self.steps
     return min(steps, self.gen_length) if self.mode == "threshold" else steps
 
+  def rule(self, cfg: ModelConfig):
+    """The `rules.DecodingRule` of `mode` for `cfg`'s (or the options') mask id."""
+    from dmax_jax.decoding.rules import RULES
+    return RULES[self.mode](max_steps=self.max_steps, mask_id=self.special_ids(cfg)[1])
+
   def special_ids(self, cfg: ModelConfig) -> tuple[int, int]:
     eos = cfg.eos_token_id if self.eos_id is None else self.eos_id
     if eos is None:

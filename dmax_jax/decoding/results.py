@@ -66,19 +66,11 @@ def unpack(cfg: ModelConfig, out: DecodeOutput, prompt_lens: np.ndarray, options
   """Per-row results from the decoder's arrays (one device-to-host transfer)."""
   out = jax.device_get(out)
   eos_id, _ = options.special_ids(cfg)
+  rule = options.rule(cfg)
   results = []
   for b, plen in enumerate(prompt_lens.tolist()):
-    row_len = total_length(plen, options.gen_length, options.block_length)
-    generated = out.tokens[b, plen:row_len]
-    eos_at = np.flatnonzero(generated == eos_id)
-    if options.mode == "spd":
-      ids = generated[:eos_at[0]] if eos_at.size else generated
-      num_tokens = int((generated != eos_id).sum())
-    else:
-      answer = generated[:options.gen_length]
-      eos_at = np.flatnonzero(answer == eos_id)
-      ids = answer[:eos_at[0] + 1] if eos_at.size else answer
-      num_tokens = len(ids)
+    generated = out.tokens[b, plen:total_length(plen, options.gen_length, options.block_length)]
+    ids, num_tokens = rule.answer(generated, eos_id, options.gen_length)
     nfe = int(out.nfe[b])
     results.append(RowResult(ids=ids.tolist(), generated=generated.tolist(), nfe=nfe, num_tokens=num_tokens,
                              tpf=num_tokens / nfe, stopped_by_eos=bool(out.stopped_by_eos[b]),

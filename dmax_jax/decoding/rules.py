@@ -1,13 +1,19 @@
-"""One refinement step of each decoding algorithm, on the logits of the current block.
+"""One refinement step of each decoding algorithm, on the logits of the current block: the pure pieces, and
+the algorithms as `DecodingRule` objects (`SoftParallel`, `Threshold`) that the compiled decoder, the eager
+reference and the result unpacking all use, so a new algorithm is a new class.
 
 Everything is batched over rows `[batch, block]`; a row's decision never looks at another row.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from flax import struct
 
 # Why an SPD block ended (per-row stop codes); threshold decoding reports BLOCK_DONE.
 NOT_STOPPED, ALL_ACTIVE_CONFIDENT, NO_CHANGE, MAX_STEPS, BLOCK_DONE = 0, 1, 2, 3, 4
@@ -87,3 +93,102 @@ def threshold_select(x_BxT, x0_BxT, p_BxT, threshold, quota, mask_id):
   top = masked & (ahead.sum(-1) < quota)
   transfer = jnp.where((high.sum(-1) >= quota)[:, None], high, top)
   return jnp.where(transfer, x0_BxT, x_BxT), transfer
+
+
+# ---- the decoding algorithms as objects ----------------------------------------------------------------------
+
+@struct.dataclass
+class Knobs:
+  """Run-time values of a generation (traced: changing them does not recompile)."""
+  threshold: jax.Array           # f32 scalar: commit confidence
+  converge_threshold: jax.Array  # f32 scalar: SPD's block-convergence confidence
+  quota: jax.Array               # [max_steps] int32: threshold decoding's commit schedule
+
+
+@struct.dataclass
+class Update:
+  """A rule's decision for one step, `[batch, block]` unless noted."""
+  tokens: jax.Array    # int32: the block after the step
+  decoded: jax.Array   # bool: masked positions filled this step
+  changed: jax.Array   # bool: positions whose token changed
+  stop: jax.Array      # int32 [batch]: stop code (STOP_REASONS), NOT_STOPPED while the block goes on
+
+
+class DecodingRule(Protocol):
+  """A block-diffusion decoding algorithm: how a step turns predictions into tokens and the next block input,
+  when a block ends, how forwards and answers are counted. Static (hashable): part of the compiled program.
+
+  name: the `DecodeOptions.mode` it implements.
+  counts_prefill: the prefill forward counts as one forward in NFE (dInfer's convention).
+  fills_after_eos: every position after a block that generated EOS becomes EOS (dInfer's convention).
+  """
+  name: str
+  counts_prefill: bool
+  fills_after_eos: bool
+
+  def update(self, x_BxT, active_BxT, x0_BxT, p_BxT, step, knobs: Knobs) -> Update:
+    """Step `step` (1-based) of a block: `x` the block before it, `active` its positions that started
+    masked, `(x0, p)` the prediction and its probability."""
+
+  def next_inputs(self, embed: Callable[[jax.Array], jax.Array], prev_emb_BxTxH, update: Update, active_BxT,
+                  p_BxT, mask_emb_H, first: bool) -> jax.Array:
+    """Float32 `[batch, block, hidden]` input embeddings of the block's next step (`embed`: ids -> f32)."""
+
+  def answer(self, generated: np.ndarray, eos_id: int, gen_length: int) -> tuple[np.ndarray, int]:
+    """`(answer ids, TPF numerator)` of a row from its generated tokens (host side)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftParallel:
+  """DMax soft parallel decoding: decode the leftmost confident run of masked positions, revise every decoded
+  position each step, feed decoded positions back as confidence-weighted soft embeddings; a block ends when
+  every position it decodes is confident, nothing changed, or after `max_steps`."""
+  max_steps: int
+  mask_id: int
+  name: str = "spd"
+  counts_prefill: bool = True
+  fills_after_eos: bool = True
+
+  def update(self, x_BxT, active_BxT, x0_BxT, p_BxT, step, knobs: Knobs) -> Update:
+    tokens, decoded, changed = spd_select(x_BxT, active_BxT, x0_BxT, p_BxT, knobs.threshold, self.mask_id)
+    stop = spd_stop(active_BxT, p_BxT, changed, step, self.max_steps, knobs.converge_threshold)
+    return Update(tokens=tokens, decoded=decoded, changed=changed, stop=stop)
+
+  def next_inputs(self, embed, prev_emb_BxTxH, update: Update, active_BxT, p_BxT, mask_emb_H, first: bool):
+    soft = active_BxT & (update.tokens != self.mask_id)
+    reset = jnp.ones_like(soft) if first else (~soft & update.changed)
+    return soft_embeddings(prev_emb_BxTxH, embed(update.tokens), soft, reset, p_BxT, mask_emb_H)
+
+  def answer(self, generated: np.ndarray, eos_id: int, gen_length: int) -> tuple[np.ndarray, int]:
+    eos_at = np.flatnonzero(generated == eos_id)
+    return (generated[:eos_at[0]] if eos_at.size else generated), int((generated != eos_id).sum())
+
+
+@dataclasses.dataclass(frozen=True)
+class Threshold:
+  """The official LLaDA2.0 `generate()`: commit masked positions above the threshold (at least the step's
+  quota, the most confident first), never revise; a block ends when it holds no mask or after `max_steps`."""
+  max_steps: int
+  mask_id: int
+  name: str = "threshold"
+  counts_prefill: bool = False
+  fills_after_eos: bool = False
+
+  def update(self, x_BxT, active_BxT, x0_BxT, p_BxT, step, knobs: Knobs) -> Update:
+    tokens, decoded = threshold_select(x_BxT, x0_BxT, p_BxT, knobs.threshold, knobs.quota[step - 1], self.mask_id)
+    finished = ~(tokens == self.mask_id).any(-1) | (step >= self.max_steps)
+    return Update(tokens=tokens, decoded=decoded, changed=decoded & (x0_BxT != x_BxT),
+                  stop=jnp.where(finished, BLOCK_DONE, NOT_STOPPED).astype(jnp.int32))
+
+  def next_inputs(self, embed, prev_emb_BxTxH, update: Update, active_BxT, p_BxT, mask_emb_H, first: bool):
+    return embed(update.tokens)
+
+  def answer(self, generated: np.ndarray, eos_id: int, gen_length: int) -> tuple[np.ndarray, int]:
+    """generate()'s `x[P : P + gen_length]`, cut right after the first EOS (included)."""
+    answer = generated[:gen_length]
+    eos_at = np.flatnonzero(answer == eos_id)
+    ids = answer[:eos_at[0] + 1] if eos_at.size else answer
+    return ids, len(ids)
+
+
+RULES: dict[str, type] = {"spd": SoftParallel, "threshold": Threshold}

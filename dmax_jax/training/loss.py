@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from dmax_jax.config import ModelConfig
 from dmax_jax.layers.attention import mask_to_bias
 from dmax_jax.layers import vocab_parallel
-from dmax_jax.model import Transformer, apply_model, embed_tokens, lm_head_weight
+from dmax_jax.model import apply_model, embed_tokens, lm_head, lm_head_weight
 
 IGNORE_INDEX = -100
 # How label tokens are averaged over a global batch. "tokens": every label token of the batch weighs the
@@ -55,7 +55,7 @@ def _head_scores(config: ModelConfig, variables: Any, hidden_BxLxH, targets_BxL=
   their layout to the partitioner (the measured baseline); otherwise the vocabulary-parallel head.
   """
   if config.parallelism == "gspmd":
-    logits = Transformer(config).apply(variables, hidden_BxLxH, method=Transformer.logits)
+    logits = lm_head(config, variables, hidden_BxLxH)
     if targets_BxL is None:
       return jnp.argmax(logits, axis=-1)
     label_logit = jnp.take_along_axis(logits, targets_BxL[..., None], axis=-1)[..., 0]
