@@ -1,6 +1,7 @@
 """Trajectories and the OPUT data set: a base model answers training prompts, and every kept answer becomes
 two training rows, once with `flag: true` (on-policy rollout) and once with `flag: false` (plain masked
-input), shuffled: the format `train.py` reads (DMax's `build_dataset_oput.py`, seed 42).
+input), shuffled: the format `train.py` reads, as DMax's `build_dataset_oput.py` makes it (the same seed, 42,
+but Python's shuffle, not `datasets`', so the order differs).
 
 Prompts are JSONL rows with a `question` (the user message, in the chat template as DMax's trajectories) and
 optionally the record fields a task's scorer needs (`answer` for gsm8k / tiny) to keep only correct answers.
@@ -13,6 +14,7 @@ LLaDA2.0 `generate()`'s (threshold decoding, threshold 0.95, block 32) with 2048
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -25,7 +27,7 @@ from tqdm import tqdm
 from dmax_jax.decoding import DecodeOptions, validate_prompts
 from dmax_jax.errors import InputError
 from dmax_jax.evaluation import sources
-from dmax_jax.evaluation.runner import Model, append_lines, decode_batch, read_samples
+from dmax_jax.evaluation.runner import Model, append_lines, check_resumed, check_same_run, decode_batch, read_samples
 from dmax_jax.evaluation.tasks import Task
 from dmax_jax.io import write_text_atomic
 from dmax_jax.tokenization import chat_ids
@@ -52,10 +54,16 @@ def _keep(row, response: str, record: dict[str, Any], verify: Task | None) -> bo
 def decode_shard(model: Model, records: Sequence[dict[str, Any]], options: DecodeOptions, out_dir: str,
                  index: int = 0, count: int = 1, batch_size: int = 8, verify: Task | None = None,
                  progress: bool = True) -> dict[str, int]:
-  """Answers prompts `index::count` of `records` into this shard's file, skipping those already there."""
+  """Answers prompts `index::count` of `records` into this shard's file, skipping those already there
+  (refusing a directory of another checkpoint, decoding setting, check or shard count, or other prompts)."""
+  if verify is not None:
+    sources.require_fields(list(records), verify.fields, verify.name, "the prompts (--verify)")
   path = shard_path(out_dir, index, count)
-  os.makedirs(out_dir, exist_ok=True)
   done = read_samples(path)
+  check_resumed(path, done, {i: r["question"] for i, r in enumerate(records)}, "question")
+  os.makedirs(out_dir, exist_ok=True)
+  check_same_run(out_dir, {"checkpoint": os.path.abspath(model.path), "options": dataclasses.asdict(options),
+                           "verify": None if verify is None else verify.name, "num_shards": count})
   pending = [i for i in range(index, len(records), count) if i not in done]
   prompts = {i: chat_ids(model.tokenizer, [{"role": "user", "content": records[i]["question"]}],
                          add_generation_prompt=True) for i in pending}
@@ -90,6 +98,7 @@ def build_oput(out_dir: str, count: int, num_prompts: int, seed: int = OPUT_SHUF
   responses: dict[int, dict[str, Any]] = {}
   for index in range(count):
     responses.update(read_samples(shard_path(out_dir, index, count)))
+  responses = {i: r for i, r in responses.items() if i < num_prompts}
   missing = num_prompts - len(responses)
   if missing:
     found = sorted(glob.glob(os.path.join(out_dir, "responses-*.jsonl")))

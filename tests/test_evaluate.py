@@ -94,10 +94,24 @@ def test_killed_run_resumes_without_redoing_finished_samples(tiny_run, tmp_path,
     assert _results(out)[key] == _results(tiny_run)[key]
 
 
-def test_directory_of_another_run_is_refused(tiny_run, capsys):
+def test_directory_of_another_run_is_refused(tiny_run, tmp_path, capsys):
   assert evaluate_cli.main(["--quiet", "--task", "tiny", "--limit", "2", "--threshold", "0.9",
                             "--output", tiny_run]) == 2
   assert "holds an evaluation with other settings (options)" in capsys.readouterr().err
+  other = tmp_path / "other.jsonl"  # same task and settings, other records
+  other.write_text(json.dumps({"question": "Tom has 3 eggs. How many eggs does Tom have now?", "answer": "3"}) + "\n")
+  assert evaluate_cli.main(["--quiet", "--task", "tiny", "--data", str(other), "--output", tiny_run]) == 2
+  assert "holds another prompt for record 0" in capsys.readouterr().err
+
+
+def test_torn_last_line_is_dropped_even_when_it_parses(tmp_path):
+  path = tmp_path / runner.SAMPLES
+  path.write_text('{"doc_id": 0}\n{"doc_id": 1}\n{"doc_id": 2}')  # killed before the last newline
+  assert sorted(runner.read_samples(str(path))) == [0, 1]
+  assert path.read_text() == '{"doc_id": 0}\n{"doc_id": 1}\n'
+  path.write_text('{"doc_id": 0}\n{oops\n{"doc_id": 2}\n')
+  with pytest.raises(InputError, match="line 2 is not JSON"):
+    runner.read_samples(str(path))
 
 
 def test_local_gsm8k_file_matches_decode_py(tmp_path):
@@ -136,7 +150,7 @@ def test_records_in_public_formats(tmp_path):
   (tmp_path / "bad.jsonl").write_text('{"question": 1}\n{oops\n')
   with pytest.raises(InputError, match="line 2 is not JSON"):
     sources.read_records(str(tmp_path / "bad.jsonl"))
-  with pytest.raises(InputError, match=r"records lack problem, solution, which task 'math500' needs"):
+  with pytest.raises(InputError, match=r"record 0 lacks problem, solution, which task 'math500' needs"):
     tasks.get_task("math500").records(str(tmp_path / "a.jsonl"))
   with pytest.raises(InputError, match="no such file"):
     sources.read_records(str(tmp_path / "missing.jsonl"))
@@ -163,18 +177,17 @@ def test_code_tasks_score_by_execution():
   assert tasks.get_task("humaneval").score(good, problem) == {"pass@1": True}
   assert tasks.get_task("humaneval").score("```python\ndef nope(): pass\n```", problem) == {"pass@1": False}
   mbpp = {"task_id": 1, "test_imports": ["import math"], "test_list": ["assert root(9) == 3"]}
-  right = "```python\ndef root(x):\n    return math.isqrt(x)\n```"
+  # DMax keeps only imports, functions and classes: the wrong example assert after the function is dropped
+  right = "```python\ndef root(x):\n    return math.isqrt(x)\n\nassert root(4) == 3\n```"
   assert tasks.get_task("mbpp").score(right, mbpp) == {"pass@1": True}
   assert tasks.get_task("mbpp_plus").score(right.replace("isqrt(x)", "isqrt(x) + 1"), mbpp) == {"pass@1": False}
 
 
 def test_unknown_task_and_missing_data_are_one_line_errors(capsys):
-  with pytest.raises(SystemExit) as exit_:
-    evaluate_cli.main(["--task", "gsm9k"])
-  assert exit_.value.code == 2
+  assert evaluate_cli.main(["--task", "gsm9k"]) == 2
   assert evaluate_cli.main(["--task", "gsm8k", "--data", "/nonexistent/test.jsonl"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
-  assert err[0].startswith("error: argument --task: invalid choice: 'gsm9k'")
+  assert err[0].startswith("error: unknown task 'gsm9k'; choose from gsm8k, asdiv,")
   assert err[1] == "error: /nonexistent/test.jsonl: no such file"
 
 
@@ -185,7 +198,7 @@ def test_math_tasks_score_with_three_scorers():
   # lm-eval's exact_match reads only "Final Answer: The final answer is ..."; math_verify and the lenient
   # scorer find the boxed 0.5 = 1/2.
   assert math500.score(boxed, record) == {"exact_match": False, "math_verify": True, "lenient": True}
-  assert math500.extract(boxed) == "[invalidanswer]"
+  assert math500.extract(boxed) == "0.5" and math500.strict == "math_verify"
   stated = "Final Answer: The final answer is $\\frac{1}{2}$. I hope it is correct.\n"
   assert math500.score(stated, record)["exact_match"] is True
   assert set(math500.score("So it is $\\boxed{2}$.", record).values()) == {False}

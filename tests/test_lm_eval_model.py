@@ -51,7 +51,8 @@ filter_list:
 def test_cut_at_stop_strings(lm_eval):
   from dmax_jax.evaluation.lm_eval_model import cut_at
   assert cut_at("a Question: b", ["Question:", "</s>"]) == "a "
-  assert cut_at("abc", []) == "abc" and cut_at("abc", ["x"]) == "abc"
+  assert cut_at("abc", []) == "abc" and cut_at("abc", ["x"]) == "abc" and cut_at("abc", None) == "abc"
+  assert cut_at("a Question: b", "Question:") == "a "  # one stop string, not its characters
 
 
 def test_lm_eval_task_on_dmax_tiny_matches_evaluate(lm_eval, tmp_path):
@@ -72,4 +73,4 @@ def test_lm_eval_task_on_dmax_tiny_matches_evaluate(lm_eval, tmp_path):
     samples = sorted((json.loads(line) for line in f), key=lambda s: s["doc_id"])
   assert lm_responses == [cut_at(s["response"], ["Question:", "</s>", "<|im_end|>"]) for s in samples]
   assert out["results"]["gsm8k_local"]["exact_match,flexible-extract"] == ours["accuracy"]["flexible-extract"]
-  assert lm.tpf() == pytest.approx(ours["tpf_ratio_of_sums"])
+  assert lm.tpf() == pytest.approx((ours["tpf_mean_of_ratios"], ours["tpf_ratio_of_sums"]))

@@ -93,3 +93,26 @@ def test_one_train_py_step_on_the_built_data(built, tmp_path):
   with open(tmp_path / "run" / "metrics.jsonl") as f:
     metrics = [json.loads(line) for line in f]
   assert [m["step"] for m in metrics] == [1] and metrics[0]["loss"] > 0, printed.getvalue()[-2000:]
+
+
+def test_build_counts_only_the_prompts_asked_for(tmp_path):
+  out = str(tmp_path)
+  with open(trajectories.shard_path(out, 0, 1), "w") as f:  # responses to prompts 0-4 and 7-9 of a longer file
+    f.writelines(json.dumps({"doc_id": i, "question": f"q{i}", "response": f"a{i}", "kept": True, "nfe": 1}) + "\n"
+                 for i in (0, 1, 2, 3, 4, 7, 8, 9))
+  assert trajectories.build_oput(out, 1, 5)["kept"] == 5
+  with pytest.raises(InputError, match="2 of 8 prompts have no response yet"):
+    trajectories.build_oput(out, 1, 8)
+
+
+def test_rerun_with_other_prompts_or_settings_is_refused(built, tmp_path, capsys):
+  _, out = built
+  other = tmp_path / "other.jsonl"
+  other.write_text(json.dumps({"question": "Tom has 3 eggs. How many eggs does Tom have now?", "answer": "3"}) + "\n")
+  base = ["--quiet", "--ckpt", DEFAULT_CKPT, "--output", out, "--gen-length", "64", "--num-shards", "2",
+          "--shard-index", "0"]
+  assert trajectories_cli.main([*base, "--prompts", str(other), "--verify", "tiny"]) == 2
+  assert "holds another question for record 0" in capsys.readouterr().err
+  same_prompts = os.path.join(os.path.dirname(out), "prompts.jsonl")
+  assert trajectories_cli.main([*base, "--prompts", same_prompts]) == 2  # without --verify this time
+  assert "other settings (verify)" in capsys.readouterr().err

@@ -22,7 +22,7 @@ import os
 
 from dmax_jax.cli.decode import DEFAULT_CKPT
 from dmax_jax.cli.decoding_flags import add_decoding_flags, decode_options, mesh_from_flag
-from dmax_jax.cli.policy import Parser, command, positive_int
+from dmax_jax.cli.policy import Parser, command, positive_int, warn
 from dmax_jax.decoding.options import DEFAULT_THRESHOLD
 from dmax_jax.errors import InputError
 from dmax_jax.evaluation.tasks import NAMES, PAPER_GEN_LENGTH, get_task
@@ -32,8 +32,9 @@ def parse_args(argv):
   p = Parser(description=__doc__)
   p.add_argument("--ckpt", default=DEFAULT_CKPT,
                  help="checkpoint directory with a tokenizer (Hugging Face or converted) (default: DMax-tiny)")
-  p.add_argument("--task", choices=NAMES, default="tiny",
-                 help="benchmark (default tiny: the word-problem task DMax-tiny was trained on, offline)")
+  p.add_argument("--task", default="tiny",
+                 help=f"benchmark: {', '.join(NAMES)} (default tiny: the word-problem task DMax-tiny was trained "
+                      "on, offline)")
   p.add_argument("--data", help="a local file in the benchmark's public format (.jsonl, .jsonl.gz, .json, "
                                 ".parquet or a directory of .json records) instead of the public source")
   p.add_argument("--limit", type=positive_int, help="evaluate the first N records only (default: all)")
@@ -53,7 +54,10 @@ def main(argv) -> int:
   if not os.path.isdir(args.ckpt):
     raise InputError(f"--ckpt {args.ckpt}: no such checkpoint directory")
   task = get_task(args.task)
-  records = task.records(args.data)[:args.limit]
+  records = task.records(args.data)
+  if args.limit and args.limit > len(records):
+    warn(f"--limit {args.limit} is more than the {len(records)} records of task {task.name!r}: evaluating all")
+  records = records[:args.limit]
   options = decode_options(args, threshold=task.threshold if args.mode == "spd" else DEFAULT_THRESHOLD[args.mode],
                            gen_length=task.gen_length)
   output = args.output or os.path.join("runs", "eval", f"{task.name}-{options.mode}-{options.resolved_threshold:g}")

@@ -2,8 +2,8 @@
 kept answer becomes two rows of OUTPUT/oput.jsonl (flag true and false, shuffled), the file `train.py` reads
 as `data.train_path`.
 
-A kept answer ended with EOS and, with --verify TASK, is correct under that task's strict scorer (rows then
-carry the task's reference fields, e.g. `answer` for gsm8k). Decoding appends to
+A kept answer ended with EOS and, with --verify TASK, is correct under that task's strict scorer (the prompt
+rows then need the task's reference fields too, e.g. `answer` for gsm8k). Decoding appends to
 OUTPUT/responses-<i>-of-<N>.jsonl per batch: a rerun resumes. On several hosts, run shard i of N on each
 (--shard-index/--num-shards, default: this JAX process's index and count), then once with --build-only.
 
@@ -49,11 +49,9 @@ def parse_args(argv):
 def main(argv) -> int:
   args = parse_args(argv)
   records = trajectories.read_prompts(args.prompts)[:args.limit]
-  index, count = args.shard_index, args.num_shards
-  if index is None or count is None:
-    import jax
-    index = jax.process_index() if index is None else index
-    count = jax.process_count() if count is None else count
+  import jax
+  index = jax.process_index() if args.shard_index is None else args.shard_index
+  count = jax.process_count() if args.num_shards is None else args.num_shards
   if not 0 <= index < count:
     raise InputError(f"--shard-index {index} must be in [0, --num-shards {count})")
   if not args.build_only:
@@ -66,6 +64,9 @@ def main(argv) -> int:
     tokenizer = load_tokenizer(args.ckpt)
     if tokenizer is None:
       raise InputError(f"--ckpt {args.ckpt} has no tokenizer")
+    if args.mesh and jax.process_count() > 1:
+      raise InputError("--mesh spans every host's devices, but each host decodes its own shard: run without "
+                       "--mesh on multi-host slices (one shard per host)")
     mesh = mesh_from_flag(args.mesh)
     cfg, variables = load_model(args.ckpt, mesh=mesh, scan_layers=False)
     done = trajectories.decode_shard(Model(cfg, variables, tokenizer, args.ckpt, mesh), records, options,

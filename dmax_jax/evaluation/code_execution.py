@@ -8,6 +8,7 @@ completion that calls `sys.exit(0)` / `os._exit(0)` before the tests run, or die
 
 from __future__ import annotations
 
+import ast
 import concurrent.futures
 import dataclasses
 import os
@@ -41,6 +42,18 @@ def first_python_block(response: str) -> str:
   """The code of the first fenced ```python block of a response (the DMax protocol), else the response."""
   match = _FENCED_PYTHON.search(response)
   return match.group(1) if match else response
+
+
+def definitions_only(code: str) -> str:
+  """The imports, functions and classes of `code` (DMax's post-processing drops example calls, prints and
+  asserts around the solution); `code` unchanged when it does not parse or defines nothing."""
+  try:
+    tree = ast.parse(code)
+  except (SyntaxError, ValueError):
+    return code
+  kept = [node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef,
+                                                          ast.Import, ast.ImportFrom))]
+  return "\n\n".join(ast.unparse(node) for node in kept) if kept else code
 
 
 def humaneval_program(problem: dict, completion: str) -> str:

@@ -16,6 +16,7 @@ import os
 import time
 from typing import Any, Sequence
 
+import jax
 from tqdm import tqdm
 
 from dmax_jax import sharding
@@ -42,26 +43,33 @@ class Model:
 
 
 def read_samples(path: str) -> dict[int, dict[str, Any]]:
-  """Finished samples by doc id. A torn last line (a kill mid-write) is dropped and the file rewritten."""
+  """Finished samples by doc id. A torn last line (a kill mid-write: no newline yet) is dropped and the file
+  rewritten without it."""
   if not os.path.exists(path):
     return {}
   with open(path, encoding="utf-8") as f:
     lines = f.readlines()
-  samples, good = {}, []
+  if lines and not lines[-1].endswith("\n"):
+    lines.pop()
+    write_text_atomic(path, lines)
+  samples = {}
   for number, line in enumerate(lines, 1):
     try:
       sample = json.loads(line)
     except json.JSONDecodeError:
-      if number < len(lines):
-        raise InputError(f"{path}: line {number} is not JSON; fix or remove the file to start over") from None
-      write_text_atomic(path, good)
-      break
+      raise InputError(f"{path}: line {number} is not JSON; fix or remove the file to start over") from None
     samples[sample["doc_id"]] = sample
-    good.append(line)
   return samples
 
 
-def _check_same_run(out_dir: str, identity: dict[str, Any]) -> None:
+def check_resumed(path: str, done: dict[int, dict[str, Any]], expected: dict[int, str], field: str) -> None:
+  """Refuses finished samples whose `field` differs from what the current records give (another data file)."""
+  for i, sample in done.items():
+    if i in expected and sample[field] != expected[i]:
+      raise InputError(f"{path} holds another {field} for record {i} (a run on other data?); use another --output")
+
+
+def check_same_run(out_dir: str, identity: dict[str, Any]) -> None:
   """Refuses to mix samples of another task, checkpoint or decoding setting into `out_dir`."""
   path = os.path.join(out_dir, RUN)
   if os.path.exists(path):
@@ -111,17 +119,21 @@ def evaluate(task: Task, records: Sequence[Record], model: Model, options: Decod
              batch_size: int = 1, progress: bool = True) -> dict[str, Any]:
   """Evaluates `records` (doc id = index), resuming from `out_dir/samples.jsonl`; returns the summary
   (also written to `out_dir/results.json` and `out_dir/results.md`)."""
-  os.makedirs(out_dir, exist_ok=True)
-  _check_same_run(out_dir, {"task": task.name, "checkpoint": os.path.abspath(model.path),
-                            "options": dataclasses.asdict(options)})
+  if jax.process_count() > 1:
+    raise InputError("evaluation runs in one process (one host: a GPU machine or a single-host TPU slice); "
+                     f"this is process {jax.process_index()} of {jax.process_count()}")
   path = os.path.join(out_dir, SAMPLES)
   done = read_samples(path)
+  messages = {i: task.prompt(record) for i, record in enumerate(records)}
+  check_resumed(path, done, messages, "prompt")
   pending = [i for i in range(len(records)) if i not in done]
-  messages = {i: task.prompt(records[i]) for i in pending}
   prompts = {i: chat_ids(model.tokenizer, [{"role": "user", "content": messages[i]}], add_generation_prompt=True)
              for i in pending}
   if pending:
     validate_prompts(model.config, list(prompts.values()), options)
+  os.makedirs(out_dir, exist_ok=True)
+  check_same_run(out_dir, {"task": task.name, "checkpoint": os.path.abspath(model.path),
+                           "options": dataclasses.asdict(options)})
   eos_id, _ = options.special_ids(model.config)
   tally = summary.Tally(task, [done[i] for i in sorted(done) if i < len(records)])
   compile_total = 0.0

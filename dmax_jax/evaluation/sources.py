@@ -82,8 +82,9 @@ def hub_records(path: str, name: str | None, split: str, **kwargs: Any) -> list[
 
 
 def require_fields(records: list[dict[str, Any]], fields: tuple[str, ...], task: str, origin: str) -> None:
-  """One-line error when the first record lacks a field the task reads."""
-  missing = [f for f in fields if f not in records[0]]
-  if missing:
-    raise InputError(f"{origin}: records lack {', '.join(missing)}, which task {task!r} needs (first record has "
-                     f"{', '.join(sorted(records[0])) or 'no fields'})")
+  """One-line error naming the first record that lacks a field the task reads."""
+  for index, record in enumerate(records):
+    missing = [f for f in fields if f not in record]
+    if missing:
+      raise InputError(f"{origin}: record {index} lacks {', '.join(missing)}, which task {task!r} needs (it has "
+                       f"{', '.join(sorted(record)) or 'no fields'})")

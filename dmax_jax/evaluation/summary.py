@@ -74,21 +74,24 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str]) -> int:
   """`python -m dmax_jax.evaluation.summary DIR_OR_RESULTS_JSON...`: one Markdown table of several runs."""
   import json
-  import sys
-  paths = list(sys.argv[1:] if argv is None else argv)
-  if not paths:
-    print("usage: python -m dmax_jax.evaluation.summary RUN_DIR_OR_results.json ...", file=sys.stderr)
-    return 2
+
+  from dmax_jax.errors import InputError
+  if not argv:
+    raise InputError("usage: python -m dmax_jax.evaluation.summary RUN_DIR_OR_results.json ...")
   results = []
-  for path in paths:
+  for path in argv:
     with open(os.path.join(path, "results.json") if os.path.isdir(path) else path) as f:
-      results.append(json.load(f))
+      try:
+        results.append(json.load(f))
+      except json.JSONDecodeError as e:
+        raise InputError(f"{f.name} is not JSON ({e.msg})") from None
   print(markdown(results), end="")
   return 0
 
 
 if __name__ == "__main__":
-  raise SystemExit(main())
+  from dmax_jax.cli.policy import command
+  raise SystemExit(command(main)())

@@ -81,13 +81,21 @@ def _asdiv_reference(record: Record) -> str:
   return math_answers.asdiv_reference(record["answer"])
 
 
+def _asdiv_scores(response: str, record: Record) -> Scores:
+  """GSM8K's filters against the target `answer` up to " ("; val_asdiv's lenient rules on the raw field."""
+  scores = _word_problem_scores(response, _asdiv_reference(record))
+  scores["lenient"] = None if gsm8k.unstable(response) else math_answers.asdiv_lenient_correct(response,
+                                                                                               record["answer"])
+  return scores
+
+
 def _math_reference(record: Record) -> str:
-  return record["answer"] if "answer" in record else math_answers.reference_answer(record["solution"])
+  """lm-eval's target: the solution's last boxed answer, normalised (MATH-500's `answer` field is not used)."""
+  return math_answers.reference_answer(record["solution"])
 
 
 def _math_scores(response: str, record: Record) -> Scores:
-  reference = _math_reference(record)
-  return {"exact_match": math_answers.strict_correct(response, reference),
+  return {"exact_match": math_answers.strict_correct(response, _math_reference(record)),
           "math_verify": math_answers.math_verify_correct(response, record["solution"]),
           "lenient": math_answers.lenient_correct(response, record.get("answer", record["solution"]))}
 
@@ -96,15 +104,19 @@ def _passes(program: str) -> Scores:
   return {"pass@1": code_execution.run_program(program).passed}
 
 
+def solution_code(response: str) -> str:
+  """DMax's code post-processing: the first ```python block, only its imports, functions and classes."""
+  return code_execution.definitions_only(code_execution.first_python_block(response))
+
+
 def _humaneval_scores(response: str, record: Record) -> Scores:
-  return _passes(code_execution.humaneval_program(record, code_execution.first_python_block(response)))
+  return _passes(code_execution.humaneval_program(record, solution_code(response)))
 
 
 def _mbpp_scores(response: str, record: Record) -> Scores:
   # DMax scores MBPP+ with the base `test_list` too (its YAML's reference is `test_list_str`).
   setup = "\n".join(record.get("test_imports") or [])
-  return _passes(code_execution.mbpp_program(code_execution.first_python_block(response), setup,
-                                             record["test_list"]))
+  return _passes(code_execution.mbpp_program(solution_code(response), setup, record["test_list"]))
 
 
 def _humaneval_records() -> list[Record]:
@@ -118,17 +130,16 @@ def _humaneval_records() -> list[Record]:
 # ---- the registry ------------------------------------------------------------------------------------------
 
 def _word_problem(name: str, hub: dict[str, Any], reference: Callable[[Record], str],
-                  question: Callable[[Record], str]) -> Task:
+                  question: Callable[[Record], str], score: Callable[[str, Record], Scores]) -> Task:
   return Task(name=name, fields=("question", "answer"),
-              prompt=lambda r: _WORD_PROBLEM.format(question=question(r)), reference=reference,
-              score=lambda response, r: _word_problem_scores(response, reference(r)),
+              prompt=lambda r: _WORD_PROBLEM.format(question=question(r)), reference=reference, score=score,
               extract=lambda response: gsm8k.strict_extract(response, "flexible-extract"), strict="flexible-extract", lenient="lenient", hub=hub)
 
 
 def _math(name: str, hub: dict[str, Any]) -> Task:
   return Task(name=name, fields=("problem", "solution"), prompt=lambda r: _MATH.format(problem=r["problem"]),
-              reference=_math_reference, score=_math_scores, extract=math_answers.unnormalized_answer,
-              strict="exact_match", lenient="lenient", hub=hub)
+              reference=_math_reference, score=_math_scores, extract=math_answers.last_boxed_answer,
+              strict="math_verify", lenient="lenient", hub=hub)
 
 
 def _code(name: str, fields: tuple[str, ...], prompt: Callable[[Record], str], reference: Callable[[Record], str],
@@ -139,7 +150,10 @@ def _code(name: str, fields: tuple[str, ...], prompt: Callable[[Record], str], r
 
 
 def _mbpp_prompt(record: Record) -> str:
-  return _MBPP.format(text=record.get("prompt", record.get("text")), tests="\n".join(record["test_list"]))
+  text = record.get("prompt", record.get("text"))
+  if text is None:
+    raise InputError(f"MBPP record {record.get('task_id')!r} has neither `prompt` (sanitized MBPP) nor `text`")
+  return _MBPP.format(text=text, tests="\n".join(record["test_list"]))
 
 
 _HUMANEVAL_FIELDS = ("task_id", "prompt", "test", "entry_point")
@@ -148,9 +162,9 @@ SANITIZED_MBPP = "https://huggingface.co/datasets/Muennighoff/mbpp/resolve/main/
 
 TASKS: dict[str, Task] = {t.name: t for t in (
     _word_problem("gsm8k", {"path": "gsm8k", "name": "main", "split": "test"}, lambda r: r["answer"],
-                  lambda r: r["question"]),
+                  lambda r: r["question"], lambda response, r: _word_problem_scores(response, r["answer"])),
     _word_problem("asdiv", {"path": "EleutherAI/asdiv", "name": None, "split": "validation"}, _asdiv_reference,
-                  lambda r: f"{r['body']} {r['question']}".strip()),
+                  lambda r: f"{r.get('body', '')} {r['question']}".strip(), _asdiv_scores),
     _math("math500", {"path": "HuggingFaceH4/MATH-500", "name": None, "split": "test"}),
     _math("minerva_algebra", {"path": "EleutherAI/hendrycks_math", "name": "algebra", "split": "test"}),
     _code("humaneval", _HUMANEVAL_FIELDS, lambda r: _HUMANEVAL.format(prompt=r["prompt"]), lambda r: r["test"],
@@ -174,4 +188,5 @@ def get_task(name: str) -> Task:
     return TASKS[name]
   if name in PLUGINS:
     return PLUGINS[name].load()
-  raise InputError(f"unknown task {name!r}; choose from {', '.join(NAMES)}")
+  raise InputError(f"unknown task {name!r}; choose from {', '.join(NAMES)} (tasks outside the library, such as "
+                   f"tiny, are entry points of the installed package: rerun `pip install -e .` after updating)")
