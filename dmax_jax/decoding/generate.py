@@ -140,7 +140,7 @@ def _forward_block(cfg: ModelConfig, variables, emb_BxTxH, start_B, cache) -> ja
   """Logits `[batch, block, vocab]` of each row's block at `start[b]`, attending to the cache below it."""
   blk_len, seq_len = emb_BxTxH.shape[1], kv_cache.length(cache)
   bias = kv_cache.attention_bias(seq_len, start_B, jnp.ones((blk_len, blk_len), bool))
-  logits, _ = apply_model(cfg, variables, emb_BxTxH, start_B[:, None] + jnp.arange(blk_len), bias,
+  logits, _ = apply_model(cfg, variables, emb_BxTxH, start_B[:, None] + jnp.arange(blk_len)[None, :], bias,
                           kv_prefix=cache)
   return logits
 
@@ -194,7 +194,7 @@ def _first_forward(cfg: ModelConfig, variables, run: RunState, start_B, blk_len:
   win_blocks = jnp.arange(2 * blk_len) // blk_len
   bias = kv_cache.attention_bias(kv_cache.length(run.cache), win_start, win_blocks[None, :] <= win_blocks[:, None])
   hidden, kv = apply_model(cfg, variables, embed_tokens(cfg, variables, win_ids),
-                           win_start[:, None] + jnp.arange(2 * blk_len), bias, kv_prefix=run.cache,
+                           win_start[:, None] + jnp.arange(2 * blk_len)[None, :], bias, kv_prefix=run.cache,
                            return_hidden=True)
   return lm_head(cfg, variables, kv_cache.take_rows(hidden, start_B - win_start, blk_len)), \
       kv_cache.write(run.cache, kv, win_start)
@@ -205,7 +205,7 @@ def _end_block(st: Static, layout: Layout, run: RunState, blk: BlockState, start
   live = ~run.done
   blk_len = st.block_length
   tokens = kv_cache.put_rows(run.tokens, jnp.where(live[:, None], blk.x, x_BxT), start_B)
-  generated = start_B[:, None] + jnp.arange(blk_len) >= layout.prompt_lens[:, None]
+  generated = start_B[:, None] + jnp.arange(blk_len)[None, :] >= layout.prompt_lens[:, None]
   has_eos = live & ((blk.x == st.eos_id) & generated).any(-1)
   if st.rule.fills_after_eos:
     pos_S = jnp.arange(tokens.shape[1])[None]

@@ -72,7 +72,8 @@ def soft_embeddings(prev_BxTxH, hard_BxTxH, soft_BxT, reset_BxT, p_BxT, mask_emb
   norm (a soft position holds x0 after the update, so its hard embedding is E[x0]); `reset` positions
   get their hard embedding; the rest keep `prev`. Float32 `[batch, block, hidden]`."""
   p = p_BxT[..., None]
-  mixed = p * hard_BxTxH + (1 - p) * mask_emb_H
+  mask_emb_1x1xH = mask_emb_H.reshape(1, 1, -1)
+  mixed = p * hard_BxTxH + (1 - p) * mask_emb_1x1xH
   target_norm = p * jnp.linalg.norm(hard_BxTxH, axis=-1, keepdims=True) + (1 - p) * jnp.linalg.norm(mask_emb_H)
   mixed = mixed * target_norm / (jnp.linalg.norm(mixed, axis=-1, keepdims=True) + 1e-6)
   base = jnp.where(reset_BxT[..., None], hard_BxTxH, prev_BxTxH)
@@ -89,7 +90,7 @@ def threshold_select(x_BxT, x0_BxT, p_BxT, threshold, quota, mask_id):
   t = x_BxT.shape[-1]
   idx = jnp.arange(t)
   ahead = (conf[:, None, :] > conf[:, :, None]) | ((conf[:, None, :] == conf[:, :, None])
-                                                   & (idx[None, :] < idx[:, None]))
+                                                   & (idx[None, None, :] < idx[None, :, None]))
   top = masked & (ahead.sum(-1) < quota)
   transfer = jnp.where((high.sum(-1) >= quota)[:, None], high, top)
   return jnp.where(transfer, x0_BxT, x_BxT), transfer

@@ -37,8 +37,8 @@ def attend(q_BxTxNxD, k_BxSxKxD, v_BxSxKxD, bias_Bx1xTxS) -> jax.Array:
   """
   b, t, n, d = q_BxTxNxD.shape
   kv_heads = k_BxSxKxD.shape[2]
-  q_BxTxKxGxD = q_BxTxNxD.reshape(b, t, kv_heads, n // kv_heads, d)
-  scores = jnp.einsum("btkgd,bskd->bkgts", q_BxTxKxGxD, k_BxSxKxD,
+  q_BxTxKxQxD = q_BxTxNxD.reshape(b, t, kv_heads, n // kv_heads, d)
+  scores = jnp.einsum("btkgd,bskd->bkgts", q_BxTxKxQxD, k_BxSxKxD,
                       preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(d))
   scores = scores + bias_Bx1xTxS[:, :, None]
   probs = jax.nn.softmax(scores, axis=-1).astype(v_BxSxKxD.dtype)

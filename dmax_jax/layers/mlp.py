@@ -60,8 +60,8 @@ class MoE(nn.Module):
         down=logical_param(self, "experts_down", (e, f, h), ("expert", "moe_mlp", "embed")),
     )
     b, t, _ = x_BxTxH.shape
-    x_NxH = x_BxTxH.reshape(b * t, h)
-    router_logits = jnp.einsum("nh,he->ne", x_NxH.astype(jnp.float32), w_router.astype(jnp.float32),
+    x_TxH = x_BxTxH.reshape(b * t, h)
+    router_logits = jnp.einsum("nh,he->ne", x_TxH.astype(jnp.float32), w_router.astype(jnp.float32),
                                precision=jax.lax.Precision.HIGHEST)
     route_fn = functools.partial(
         moe.route, top_k=cfg.num_experts_per_tok, n_group=cfg.n_group, topk_group=cfg.topk_group,
@@ -77,7 +77,7 @@ class MoE(nn.Module):
       expert_ids, weights = expert_ids.reshape(b * t, -1), weights.reshape(b * t, -1)
     else:
       expert_ids, weights = route_fn(router_logits, expert_bias)
-      routed = moe.dispatch_experts(x_NxH.astype(dtype), expert_ids, weights, experts,
+      routed = moe.dispatch_experts(x_TxH.astype(dtype), expert_ids, weights, experts,
                                     impl=cfg.moe_impl, max_tile=cfg.moe_tile_size)
     self.sow("intermediates", "router", (router_logits, expert_ids, weights))
     out = routed.reshape(b, t, h)

@@ -19,8 +19,9 @@ with static shapes and runs on every backend; it sends each token to every shard
 token-to-expert all-to-all would send it only to the shards of its experts (at most top_k, fewer with
 group-limited routing) but needs a capacity limit or `ragged_all_to_all` (not on XLA:CPU).
 
-Shape legend: B batch, T positions or tokens, G tokens gathered over the expert-parallel group, K top-k,
-M assignment rows, D embed (hidden), F expert width, E experts (`E_l` on one device).
+Shapes follow the package legend (`dmax_jax/__init__.py`): B batch, T tokens, U tokens gathered over the
+expert-parallel group, A experts per token (top-k), M assignment rows, H hidden, F expert width, E experts
+(`E_l` on one device), G expert groups (J experts each), C bucket capacity, I tiles of m rows.
 """
 
 from __future__ import annotations
@@ -43,13 +44,14 @@ class ExpertWeights(NamedTuple):
   down: jax.Array
 
 
-def _rank_descending(scores_TxN: jax.Array) -> jax.Array:
+def _rank_descending(scores_TxE: jax.Array) -> jax.Array:
   """Rank of every entry in its row, 0 = largest; ties go to the lower index (as `torch.topk`)."""
-  n = scores_TxN.shape[-1]
-  a = scores_TxN[..., :, None]
-  b = scores_TxN[..., None, :]
+  n = scores_TxE.shape[-1]
+  a = scores_TxE[..., :, None]
+  b = scores_TxE[..., None, :]
   idx = jnp.arange(n)
-  beats = (b > a) | ((b == a) & (idx[None, :] < idx[:, None]))
+  lower_index = (idx[None, :] < idx[:, None]).reshape((1,) * (a.ndim - 2) + (n, n))
+  beats = (b > a) | ((b == a) & lower_index)
   return jnp.sum(beats, axis=-1)
 
 
@@ -68,30 +70,30 @@ def route(router_logits_TxE: jax.Array, expert_bias_E: jax.Array, *, top_k: int,
   scores_TxE = jax.nn.sigmoid(router_logits_TxE.astype(jnp.float32))
   biased_TxE = scores_TxE + expert_bias_E.astype(jnp.float32)[None, :]
   if n_group > 1:
-    grouped_TxGxS = biased_TxE.reshape(num_tokens, n_group, num_experts // n_group)
+    grouped_TxGxJ = biased_TxE.reshape(num_tokens, n_group, num_experts // n_group)
     # Sum of the two largest biased scores per group, without a top_k (slow for small groups on TPU).
-    first = jnp.max(grouped_TxGxS, axis=-1, keepdims=True)
-    first_pos = jnp.argmax(grouped_TxGxS, axis=-1)[..., None]
-    is_first = jnp.arange(grouped_TxGxS.shape[-1]) == first_pos
-    second = jnp.max(jnp.where(is_first, -jnp.inf, grouped_TxGxS), axis=-1, keepdims=True)
+    first = jnp.max(grouped_TxGxJ, axis=-1, keepdims=True)
+    first_pos = jnp.argmax(grouped_TxGxJ, axis=-1)[..., None]
+    is_first = jnp.arange(grouped_TxGxJ.shape[-1])[None, None, :] == first_pos
+    second = jnp.max(jnp.where(is_first, -jnp.inf, grouped_TxGxJ), axis=-1, keepdims=True)
     group_score_TxG = (first + second)[..., 0]
     keep_group_TxG = _rank_descending(group_score_TxG) < topk_group
     keep_TxE = jnp.repeat(keep_group_TxG, num_experts // n_group, axis=-1)
     biased_TxE = jnp.where(keep_TxE, biased_TxE, -jnp.inf)
-  _, expert_ids_TxK = jax.lax.top_k(biased_TxE, top_k)
-  weights_TxK = jnp.take_along_axis(scores_TxE, expert_ids_TxK, axis=-1)
+  _, expert_ids_TxA = jax.lax.top_k(biased_TxE, top_k)
+  weights_TxA = jnp.take_along_axis(scores_TxE, expert_ids_TxA, axis=-1)
   if top_k > 1 and norm_topk_prob:
-    weights_TxK = weights_TxK / (jnp.sum(weights_TxK, axis=-1, keepdims=True) + 1e-20)
-  return expert_ids_TxK.astype(jnp.int32), weights_TxK * routed_scaling_factor
+    weights_TxA = weights_TxA / (jnp.sum(weights_TxA, axis=-1, keepdims=True) + 1e-20)
+  return expert_ids_TxA.astype(jnp.int32), weights_TxA * routed_scaling_factor
 
 
 def _swiglu(gate: jax.Array, up: jax.Array) -> jax.Array:
   return jax.nn.silu(gate) * up
 
 
-def _ragged_experts(rows_MxD, group_sizes_E, w: ExpertWeights, dtype) -> jax.Array:
-  gate = jax.lax.ragged_dot(rows_MxD, w.gate.astype(dtype), group_sizes_E)
-  up = jax.lax.ragged_dot(rows_MxD, w.up.astype(dtype), group_sizes_E)
+def _ragged_experts(rows_MxH, group_sizes_E, w: ExpertWeights, dtype) -> jax.Array:
+  gate = jax.lax.ragged_dot(rows_MxH, w.gate.astype(dtype), group_sizes_E)
+  up = jax.lax.ragged_dot(rows_MxH, w.up.astype(dtype), group_sizes_E)
   return jax.lax.ragged_dot(_swiglu(gate, up), w.down.astype(dtype), group_sizes_E)
 
 
@@ -101,13 +103,13 @@ def tile_size_for(num_rows: int, num_experts: int, max_tile: int) -> int:
   return int(min(max_tile, max(8, 2 ** math.ceil(math.log2(mean_rows)))))
 
 
-def _tiled_experts(rows_MxD, group_sizes_E, w: ExpertWeights, dtype, max_tile: int) -> jax.Array:
+def _tiled_experts(rows_MxH, group_sizes_E, w: ExpertWeights, dtype, max_tile: int) -> jax.Array:
   """Grouped matmul by expert-aligned tiles: each expert's rows are padded to whole tiles of `m` rows,
   so every tile belongs to one expert; tiles are multiplied by their expert's gathered weights.
 
   Work is `(rows + used_experts * m) * d * f` instead of `tokens * experts * d * f`.
   """
-  num_rows, dim = rows_MxD.shape
+  num_rows, dim = rows_MxH.shape
   num_experts = group_sizes_E.shape[0]
   m = tile_size_for(num_rows, num_experts, max_tile)
   num_tiles = -(-num_rows // m) + min(num_experts, num_rows)
@@ -117,14 +119,14 @@ def _tiled_experts(rows_MxD, group_sizes_E, w: ExpertWeights, dtype, max_tile: i
   start_E = jnp.cumsum(group_sizes_E) - group_sizes_E
   expert_of_row_M = jnp.repeat(jnp.arange(num_experts), group_sizes_E, total_repeat_length=num_rows)
   padded_pos_M = padded_start_E[expert_of_row_M] + jnp.arange(num_rows) - start_E[expert_of_row_M]
-  tiles_PxD = jnp.zeros((num_tiles * m, dim), rows_MxD.dtype).at[padded_pos_M].set(rows_MxD)
-  tiles_NxmxD = tiles_PxD.reshape(num_tiles, m, dim)
-  tile_expert_N = jnp.minimum(
+  tile_rows = jnp.zeros((num_tiles * m, dim), rows_MxH.dtype).at[padded_pos_M].set(rows_MxH)
+  tiles_IxmxH = tile_rows.reshape(num_tiles, m, dim)
+  tile_expert_I = jnp.minimum(
       jnp.searchsorted(padded_end_E, jnp.arange(num_tiles) * m, side="right"), num_experts - 1)
-  gate = jnp.einsum("nmd,ndf->nmf", tiles_NxmxD, w.gate[tile_expert_N].astype(dtype))
-  up = jnp.einsum("nmd,ndf->nmf", tiles_NxmxD, w.up[tile_expert_N].astype(dtype))
-  out_NxmxD = jnp.einsum("nmf,nfd->nmd", _swiglu(gate, up), w.down[tile_expert_N].astype(dtype))
-  return out_NxmxD.reshape(num_tiles * m, dim)[padded_pos_M]
+  gate = jnp.einsum("nmd,ndf->nmf", tiles_IxmxH, w.gate[tile_expert_I].astype(dtype))
+  up = jnp.einsum("nmd,ndf->nmf", tiles_IxmxH, w.up[tile_expert_I].astype(dtype))
+  out_IxmxH = jnp.einsum("nmf,nfd->nmd", _swiglu(gate, up), w.down[tile_expert_I].astype(dtype))
+  return out_IxmxH.reshape(num_tiles * m, dim)[padded_pos_M]
 
 
 def bucket_size_for(num_rows: int, num_experts: int) -> int:
@@ -135,20 +137,20 @@ def bucket_size_for(num_rows: int, num_experts: int) -> int:
   return int(8 * math.ceil((mean + 2 * math.sqrt(mean)) / 8))
 
 
-def _swiglu_rows(x_CxD, gate_DxF, up_DxF, down_FxD):
-  return _swiglu(x_CxD @ gate_DxF, x_CxD @ up_DxF) @ down_FxD
+def _swiglu_rows(x_CxH, gate_HxF, up_HxF, down_FxH):
+  return _swiglu(x_CxH @ gate_HxF, x_CxH @ up_HxF) @ down_FxH
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _bucketed_experts(rows_MxD, group_sizes_E, w: ExpertWeights, dtype, max_tile: int) -> jax.Array:
+def _bucketed_experts(rows_MxH, group_sizes_E, w: ExpertWeights, dtype, max_tile: int) -> jax.Array:
   """Grouped matmul for few rows per expert (decoding): every expert's first `C` rows sit in its bucket of a
-  `[E, C, D]` array multiplied by the stacked weights in place (each weight read once, nothing gathered);
+  `[E, C, H]` array multiplied by the stacked weights in place (each weight read once, nothing gathered);
   the rows of experts with more than `C` go through a loop over `C`-row tiles of one expert each, whose trip
   count is the number of such tiles (usually a few; zero for even routing). Rows past `sum(group_sizes_E)`
   (assignments to other devices) get zeros. The loop's trip count is data-dependent, so the backward pass
   is that of the `tiled` kernel (same function; it recomputes the forward).
   """
-  num_rows, dim = rows_MxD.shape
+  num_rows, dim = rows_MxH.shape
   num_experts = group_sizes_E.shape[0]
   c = bucket_size_for(num_rows, num_experts)
   start_E = jnp.cumsum(group_sizes_E) - group_sizes_E
@@ -156,40 +158,40 @@ def _bucketed_experts(rows_MxD, group_sizes_E, w: ExpertWeights, dtype, max_tile
   slot_M = jnp.arange(num_rows) - start_E[expert_of_row_M]
   in_bucket_M = (slot_M < c) & (jnp.arange(num_rows) < jnp.sum(group_sizes_E))
   bucket_pos_M = jnp.where(in_bucket_M, expert_of_row_M * c + slot_M, num_experts * c)
-  buckets_ExCxD = (jnp.zeros((num_experts * c + 1, dim), rows_MxD.dtype).at[bucket_pos_M].set(rows_MxD)
+  buckets_ExCxH = (jnp.zeros((num_experts * c + 1, dim), rows_MxH.dtype).at[bucket_pos_M].set(rows_MxH)
                    [:-1].reshape(num_experts, c, dim))
-  gate = jnp.einsum("ecd,edf->ecf", buckets_ExCxD, w.gate.astype(dtype))
-  up = jnp.einsum("ecd,edf->ecf", buckets_ExCxD, w.up.astype(dtype))
-  out_ExCxD = jnp.einsum("ecf,efd->ecd", _swiglu(gate, up), w.down.astype(dtype))
-  flat_out = jnp.concatenate([out_ExCxD.reshape(num_experts * c, dim), jnp.zeros((1, dim), out_ExCxD.dtype)])
-  out_MxD = flat_out[bucket_pos_M]
+  gate = jnp.einsum("ecd,edf->ecf", buckets_ExCxH, w.gate.astype(dtype))
+  up = jnp.einsum("ecd,edf->ecf", buckets_ExCxH, w.up.astype(dtype))
+  out_ExCxH = jnp.einsum("ecf,efd->ecd", _swiglu(gate, up), w.down.astype(dtype))
+  flat_out = jnp.concatenate([out_ExCxH.reshape(num_experts * c, dim), jnp.zeros((1, dim), out_ExCxH.dtype)])
+  out_MxH = flat_out[bucket_pos_M]
 
   extra_tiles_E = -(-jnp.maximum(group_sizes_E - c, 0) // c)
   tile_end_E = jnp.cumsum(extra_tiles_E)
-  padded_rows = jnp.concatenate([rows_MxD, jnp.zeros((c, dim), rows_MxD.dtype)])
-  out_MxD = jnp.concatenate([out_MxD, jnp.zeros((c, dim), out_MxD.dtype)])
+  padded_rows = jnp.concatenate([rows_MxH, jnp.zeros((c, dim), rows_MxH.dtype)])
+  out_MxH = jnp.concatenate([out_MxH, jnp.zeros((c, dim), out_MxH.dtype)])
 
   def overflow_tile(i, out):
     e = jnp.searchsorted(tile_end_E, i, side="right")
     first = start_E[e] + c * (1 + i - (tile_end_E[e] - extra_tiles_E[e]))
     valid_C = first + jnp.arange(c) < start_E[e] + group_sizes_E[e]
-    x_CxD = jax.lax.dynamic_slice_in_dim(padded_rows, first, c)
-    y_CxD = _swiglu_rows(x_CxD, w.gate[e].astype(dtype), w.up[e].astype(dtype), w.down[e].astype(dtype))
+    x_CxH = jax.lax.dynamic_slice_in_dim(padded_rows, first, c)
+    y_CxH = _swiglu_rows(x_CxH, w.gate[e].astype(dtype), w.up[e].astype(dtype), w.down[e].astype(dtype))
     old = jax.lax.dynamic_slice_in_dim(out, first, c)
-    return jax.lax.dynamic_update_slice_in_dim(out, jnp.where(valid_C[:, None], y_CxD, old), first, 0)
+    return jax.lax.dynamic_update_slice_in_dim(out, jnp.where(valid_C[:, None], y_CxH, old), first, 0)
 
-  out_MxD = jax.lax.fori_loop(0, tile_end_E[-1], overflow_tile, out_MxD)
-  return out_MxD[:num_rows]
-
-
-def _bucketed_fwd(rows_MxD, group_sizes_E, w, dtype, max_tile):
-  return _bucketed_experts(rows_MxD, group_sizes_E, w, dtype, max_tile), (rows_MxD, group_sizes_E, w)
+  out_MxH = jax.lax.fori_loop(0, tile_end_E[-1], overflow_tile, out_MxH)
+  return out_MxH[:num_rows]
 
 
-def _bucketed_bwd(dtype, max_tile, residuals, out_cotangent_MxD):
-  rows_MxD, group_sizes_E, w = residuals
-  _, vjp = jax.vjp(lambda r, ew: _tiled_experts(r, group_sizes_E, ew, dtype, max_tile), rows_MxD, w)
-  rows_cotangent, w_cotangent = vjp(out_cotangent_MxD)
+def _bucketed_fwd(rows_MxH, group_sizes_E, w, dtype, max_tile):
+  return _bucketed_experts(rows_MxH, group_sizes_E, w, dtype, max_tile), (rows_MxH, group_sizes_E, w)
+
+
+def _bucketed_bwd(dtype, max_tile, residuals, out_cotangent_MxH):
+  rows_MxH, group_sizes_E, w = residuals
+  _, vjp = jax.vjp(lambda r, ew: _tiled_experts(r, group_sizes_E, ew, dtype, max_tile), rows_MxH, w)
+  rows_cotangent, w_cotangent = vjp(out_cotangent_MxH)
   return rows_cotangent, None, w_cotangent
 
 
@@ -210,63 +212,63 @@ def resolve_impl(impl: str, num_rows: int, num_experts: int) -> str:
   return "bucketed" if num_rows <= BUCKETED_MAX_MEAN_ROWS * num_experts else "tiled"
 
 
-def _grouped_experts(rows_MxD, group_sizes_E, experts: ExpertWeights, impl: str, max_tile: int):
-  impl = resolve_impl(impl, rows_MxD.shape[0], group_sizes_E.shape[0])
+def _grouped_experts(rows_MxH, group_sizes_E, experts: ExpertWeights, impl: str, max_tile: int):
+  impl = resolve_impl(impl, rows_MxH.shape[0], group_sizes_E.shape[0])
   if impl == "ragged":
-    return _ragged_experts(rows_MxD, group_sizes_E, experts, rows_MxD.dtype)
+    return _ragged_experts(rows_MxH, group_sizes_E, experts, rows_MxH.dtype)
   if impl == "tiled":
-    return _tiled_experts(rows_MxD, group_sizes_E, experts, rows_MxD.dtype, max_tile)
+    return _tiled_experts(rows_MxH, group_sizes_E, experts, rows_MxH.dtype, max_tile)
   if impl == "bucketed":
-    return _bucketed_experts(rows_MxD, group_sizes_E, experts, rows_MxD.dtype, max_tile)
+    return _bucketed_experts(rows_MxH, group_sizes_E, experts, rows_MxH.dtype, max_tile)
   raise ValueError(f"unknown MoE implementation {impl!r}")
 
 
-def dispatch_experts(x_TxD: jax.Array, expert_ids_TxK: jax.Array, weights_TxK: jax.Array,
+def dispatch_experts(x_TxH: jax.Array, expert_ids_TxA: jax.Array, weights_TxA: jax.Array,
                      experts: ExpertWeights, *, impl: str = "auto", max_tile: int = 64) -> jax.Array:
   """Dropless routed-expert output `sum_k weight_k * expert_k(x)`.
 
   Args:
-    x_TxD: `[tokens, embed]` in the compute dtype.
-    expert_ids_TxK, weights_TxK: `[tokens, top_k]` from `route`.
+    x_TxH: `[tokens, embed]` in the compute dtype.
+    expert_ids_TxA, weights_TxA: `[tokens, top_k]` from `route`.
     experts: stacked expert weights.
   Returns:
-    `[tokens, embed]` in the dtype of `x_TxD`.
+    `[tokens, embed]` in the dtype of `x_TxH`.
   """
-  num_tokens, top_k = expert_ids_TxK.shape
+  num_tokens, top_k = expert_ids_TxA.shape
   num_experts = experts.gate.shape[0]
-  flat_M = expert_ids_TxK.reshape(-1)
+  flat_M = expert_ids_TxA.reshape(-1)
   order_M = jnp.argsort(flat_M, stable=True)
-  rows_MxD = x_TxD[order_M // top_k]
+  rows_MxH = x_TxH[order_M // top_k]
   group_sizes_E = jnp.bincount(flat_M, length=num_experts).astype(jnp.int32)
-  out_MxD = _grouped_experts(rows_MxD, group_sizes_E, experts, impl, max_tile)
-  unsorted_MxD = jnp.zeros_like(out_MxD).at[order_M].set(out_MxD)
-  per_slot_TxKxD = unsorted_MxD.reshape(num_tokens, top_k, -1).astype(jnp.float32)
-  return jnp.einsum("tkd,tk->td", per_slot_TxKxD, weights_TxK).astype(x_TxD.dtype)
+  out_MxH = _grouped_experts(rows_MxH, group_sizes_E, experts, impl, max_tile)
+  unsorted_MxH = jnp.zeros_like(out_MxH).at[order_M].set(out_MxH)
+  per_slot_TxAxH = unsorted_MxH.reshape(num_tokens, top_k, -1).astype(jnp.float32)
+  return jnp.einsum("tkd,tk->td", per_slot_TxAxH, weights_TxA).astype(x_TxH.dtype)
 
 
-def _local_expert_outputs(x_GxD, local_ids_GxK, weights_GxK, experts: ExpertWeights, impl: str,
+def _local_expert_outputs(x_UxH, local_ids_UxA, weights_UxA, experts: ExpertWeights, impl: str,
                           max_tile: int) -> jax.Array:
   """`sum_k weight_k * expert_k(x)` over the assignments to this device's experts only.
 
-  `local_ids_GxK` holds local expert indices in `[0, E_l)` and `E_l` for assignments elsewhere: those
+  `local_ids_UxA` holds local expert indices in `[0, E_l)` and `E_l` for assignments elsewhere: those
   sort last and fall outside every group (`ragged` skips them; `tiled`, the CPU kernel, computes them
-  with the last expert's weights) and are masked out. Returns float32 `[G, D]`.
+  with the last expert's weights) and are masked out. Returns float32 `[U, H]`.
   """
-  num_tokens, top_k = local_ids_GxK.shape
+  num_tokens, top_k = local_ids_UxA.shape
   num_local = experts.gate.shape[0]
-  flat_M = local_ids_GxK.reshape(-1)
+  flat_M = local_ids_UxA.reshape(-1)
   order_M = jnp.argsort(flat_M, stable=True)
-  rows_MxD = x_GxD[order_M // top_k]
+  rows_MxH = x_UxH[order_M // top_k]
   group_sizes_E = jnp.bincount(flat_M, length=num_local + 1)[:num_local].astype(jnp.int32)
-  out_MxD = _grouped_experts(rows_MxD, group_sizes_E, experts, impl, max_tile)
-  # Weighted rows are summed straight into their tokens: no [M, D] unsort buffer (M is the worst case).
+  out_MxH = _grouped_experts(rows_MxH, group_sizes_E, experts, impl, max_tile)
+  # Weighted rows are summed straight into their tokens: no [M, H] unsort buffer (M is the worst case).
   is_local_M = flat_M[order_M] < num_local
-  weights_M = weights_GxK.reshape(-1)[order_M]
-  weighted_MxD = jnp.where(is_local_M[:, None], out_MxD.astype(jnp.float32) * weights_M[:, None], 0.0)
-  return jnp.zeros((num_tokens, out_MxD.shape[1]), jnp.float32).at[order_M // top_k].add(weighted_MxD)
+  weights_M = weights_UxA.reshape(-1)[order_M]
+  weighted_MxH = jnp.where(is_local_M[:, None], out_MxH.astype(jnp.float32) * weights_M[:, None], 0.0)
+  return jnp.zeros((num_tokens, out_MxH.shape[1]), jnp.float32).at[order_M // top_k].add(weighted_MxH)
 
 
-def expert_parallel_moe(x_BxTxD: jax.Array, router_logits_BxTxE: jax.Array, expert_bias_E: jax.Array,
+def expert_parallel_moe(x_BxTxH: jax.Array, router_logits_BxTxE: jax.Array, expert_bias_E: jax.Array,
                         experts: ExpertWeights, *, route_fn: Callable, token_spec: P, expert_axes: tuple[str, ...],
                         mlp_axes: tuple[str, ...] = (), impl: str = "auto", max_tile: int = 64
                         ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -274,13 +276,13 @@ def expert_parallel_moe(x_BxTxD: jax.Array, router_logits_BxTxE: jax.Array, expe
   tokens, and the tokens travel to the devices of their experts.
 
   Args:
-    x_BxTxD: `[batch, seq, embed]` in the compute dtype, sharded as `token_spec` (batch, seq, None).
+    x_BxTxH: `[batch, seq, embed]` in the compute dtype, sharded as `token_spec` (batch, seq, None).
     router_logits_BxTxE, expert_bias_E: the inputs of `route_fn` (e.g. `route` with the config bound).
     experts: weights in the compute dtype, expert dimension sharded over `expert_axes` (whole experts
       per device), width over `mlp_axes`.
   Returns:
     `(out [batch, seq, embed] in the dtype of x, expert_ids [batch, seq, top_k], weights [batch, seq,
-    top_k])`, sharded like `x_BxTxD`.
+    top_k])`, sharded like `x_BxTxH`.
   """
   sizes = dict(jax.sharding.get_abstract_mesh().shape)
   token_axes = sharding.flat_axes(token_spec[:2])
@@ -296,26 +298,26 @@ def expert_parallel_moe(x_BxTxD: jax.Array, router_logits_BxTxE: jax.Array, expe
   sum_axes = tuple(a for a in expert_axes if a not in token_axes) + mlp_axes
 
   @jax.named_scope("expert_parallel_moe")  # shard_map bodies start a fresh name stack
-  def local(x_BxTxD, logits_BxTxE, bias_E, gate, up, down):
-    b, t, d = x_BxTxD.shape
-    ids_TxK, w_TxK = route_fn(logits_BxTxE.reshape(b * t, -1), bias_E)
-    x_GxD, ids_GxK, w_GxK = x_BxTxD.reshape(b * t, d), ids_TxK, w_TxK
+  def local(x_BxTxH, logits_BxTxE, bias_E, gate, up, down):
+    b, t, d = x_BxTxH.shape
+    ids_TxA, w_TxA = route_fn(logits_BxTxE.reshape(b * t, -1), bias_E)
+    x_UxH, ids_UxA, w_UxA = x_BxTxH.reshape(b * t, d), ids_TxA, w_TxA
     if gather_axes:
-      x_GxD, ids_GxK, w_GxK = (jax.lax.all_gather(a, gather_axes, axis=0, tiled=True)
-                               for a in (x_GxD, ids_GxK, w_GxK))
+      x_UxH, ids_UxA, w_UxA = (jax.lax.all_gather(a, gather_axes, axis=0, tiled=True)
+                               for a in (x_UxH, ids_UxA, w_UxA))
     first = jax.lax.axis_index(expert_axes) * num_local if expert_axes else 0
-    local_ids = ids_GxK - first
+    local_ids = ids_UxA - first
     local_ids = jnp.where((local_ids >= 0) & (local_ids < num_local), local_ids, num_local)
-    y_GxD = _local_expert_outputs(x_GxD, local_ids, w_GxK, ExpertWeights(gate, up, down), impl, max_tile)
-    y_TxD = y_GxD.astype(x_BxTxD.dtype)
+    y_UxH = _local_expert_outputs(x_UxH, local_ids, w_UxA, ExpertWeights(gate, up, down), impl, max_tile)
+    y_TxH = y_UxH.astype(x_BxTxH.dtype)
     if gather_axes:
-      y_TxD = jax.lax.psum_scatter(y_TxD, gather_axes, scatter_dimension=0, tiled=True)
+      y_TxH = jax.lax.psum_scatter(y_TxH, gather_axes, scatter_dimension=0, tiled=True)
     if sum_axes:
-      y_TxD = jax.lax.psum(y_TxD, sum_axes)
-    return y_TxD.reshape(b, t, d), ids_TxK.reshape(b, t, -1), w_TxK.reshape(b, t, -1)
+      y_TxH = jax.lax.psum(y_TxH, sum_axes)
+    return y_TxH.reshape(b, t, d), ids_TxA.reshape(b, t, -1), w_TxA.reshape(b, t, -1)
 
   expert_in = P(expert_axes or None, None, mlp_axes or None)
   expert_out = P(expert_axes or None, mlp_axes or None, None)
   return jax.shard_map(local, in_specs=(token_spec, token_spec, P(None), expert_in, expert_in, expert_out),
-                       out_specs=(token_spec,) * 3)(x_BxTxD, router_logits_BxTxE, expert_bias_E, *experts)
+                       out_specs=(token_spec,) * 3)(x_BxTxH, router_logits_BxTxE, expert_bias_E, *experts)
 

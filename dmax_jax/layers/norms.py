@@ -15,4 +15,5 @@ def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
   """
   x32 = x.astype(jnp.float32)
   normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-  return (scale.astype(jnp.float32) * normed.astype(x.dtype).astype(jnp.float32)).astype(x.dtype)
+  scale = scale.astype(jnp.float32).reshape((1,) * (x.ndim - 1) + (-1,))
+  return (scale * normed.astype(x.dtype).astype(jnp.float32)).astype(x.dtype)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 def rope_angles(positions_BxT: jax.Array, rotary_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
   """cos and sin of `position * inv_freq`, each `[batch, seq, rotary_dim]` in float32."""
   inv_freq = 1.0 / (theta ** (jnp.arange(0, rotary_dim, 2, dtype=jnp.float32) / rotary_dim))
-  angle_BxTxR2 = positions_BxT.astype(jnp.float32)[..., None] * inv_freq
+  angle_BxTxR2 = positions_BxT.astype(jnp.float32)[..., None] * inv_freq.reshape((1,) * positions_BxT.ndim + (-1,))
   angle_BxTxR = jnp.concatenate([angle_BxTxR2, angle_BxTxR2], axis=-1)
   return jnp.cos(angle_BxTxR), jnp.sin(angle_BxTxR)
 
