@@ -5,6 +5,12 @@ decoder's cost per forward / per generated token at several generation lengths, 
 
   python benchmarks/decode_bench.py                      # fixture model + random 4-layer model
   python benchmarks/decode_bench.py --models random --gen-lengths 128,512,2048 --json out.json
+  python benchmarks/decode_bench.py --mixed-batch         # DMax-tiny on a mixed batch: lock-step cost
+
+The mixed-batch run decodes 64 tiny-task test prompts with DMax-tiny alone (batch 1) and in batches of 8 and
+64, and reads from the step trace how many row-steps the rows needed versus how many row slots the lock-step
+batch ran (each block iteration runs every row for the slowest row's step count): their ratio is the
+fraction of a batch forward doing useful work, the bound on what rows that move on alone can win.
 
 Timings are the best of --repeats runs (the machine may be shared). CPU only by default.
 """
@@ -26,7 +32,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from dmax_jax import ModelConfig, init_variables  # noqa: E402
 from dmax_jax.checkpoint.hf_import import load_hf_variables  # noqa: E402
 from dmax_jax.decoding import DecodeOptions, pad_prompts, prompt_bucket, unpack  # noqa: E402
-from dmax_jax.decoding.generate import lower_decoder  # noqa: E402
+from dmax_jax.decoding.generate import decode_padded, lower_decoder  # noqa: E402
 from dmax_jax.decoding.reference import reference_output  # noqa: E402
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "fixtures", "tiny_llada2")
@@ -75,6 +81,38 @@ def eager_run(cfg, variables, prompts, options, repeats):
   return unpack(cfg, out, lens, options), best
 
 
+def mixed_batch(repeats: int, batches=(1, 8, 64), n: int = 64) -> list[dict]:
+  """Tokens/s and lock-step efficiency of DMax-tiny on `n` tiny-task prompts at each batch size."""
+  from dmax_jax.cli.decode import DEFAULT_CKPT
+  from dmax_jax.evaluation.tasks import get_task
+  from dmax_jax.loading import load_model
+  from dmax_jax.tokenization import chat_ids, load_tokenizer
+  cfg, variables = load_model(DEFAULT_CKPT, scan_layers=False)
+  tok = load_tokenizer(DEFAULT_CKPT)
+  prompts = [chat_ids(tok, [{"role": "user", "content": r["question"]}], add_generation_prompt=True)
+             for r in get_task("tiny").records()[:n]]
+  rows = []
+  for mode, threshold in (("spd", 0.5), ("threshold", 0.95)):
+    for batch in batches:
+      options = DecodeOptions(mode=mode, threshold=threshold, gen_length=64)
+      traced = DecodeOptions(mode=mode, threshold=threshold, gen_length=64, trace=True)
+      seconds = tokens = needed = paid = 0
+      for i in range(0, n, batch):
+        chunk = prompts[i:i + batch]
+        res, _, secs = compiled_run(cfg, variables, chunk, options, repeats)
+        seconds += secs
+        tokens += sum(r.num_tokens for r in res)
+        ids, lens = pad_prompts(chunk, prompt_bucket(max(map(len, chunk)), 32))
+        taken = jax.device_get(decode_padded(cfg, variables, ids, lens, traced).trace.taken)  # [iters, steps, B]
+        needed += int(taken.sum())
+        paid += int(taken.sum(1).max(1).sum()) * len(chunk)
+      rows.append({"mode": mode, "threshold": threshold, "batch": batch, "tokens_per_s": tokens / seconds,
+                   "row_steps_needed": needed, "row_slots_run": paid, "lock_step_efficiency": needed / paid})
+      print(f"DMax-tiny {mode:9s} {threshold:<4g} batch {batch:3d}: {tokens / seconds:8.1f} tok/s  row-steps needed "
+            f"{needed}, row slots run {paid}: lock-step efficiency {needed / paid:.2f}", flush=True)
+  return rows
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--models", default="fixture,random", help="comma list of: fixture, random")
@@ -84,11 +122,15 @@ def main(argv=None) -> int:
   p.add_argument("--block-length", type=int, default=32, help="block length (default 32, as DMax)")
   p.add_argument("--prompt-length", type=int, default=40, help="random prompt length")
   p.add_argument("--repeats", type=int, default=3, help="timed repeats (best is reported)")
+  p.add_argument("--mixed-batch", action="store_true", help="only the mixed-batch run (DMax-tiny, see above)")
   p.add_argument("--json", help="also write the results to this JSON file")
   args = p.parse_args(argv)
   jax.config.update("jax_default_matmul_precision", "highest")
   report = {"devices": str(jax.devices()), "runs": [], "sweep": []}
-  for name in args.models.split(","):
+  if args.mixed_batch:
+    report["mixed_batch"] = mixed_batch(args.repeats)
+    args.models = ""
+  for name in filter(None, args.models.split(",")):
     cfg, variables = load(name)
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, cfg.vocab_size - 8, args.prompt_length).tolist()
