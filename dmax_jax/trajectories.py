@@ -74,7 +74,7 @@ def decode_shard(model: Model, records: Sequence[dict[str, Any]], options: Decod
             unit="prompt", disable=not progress) as bar:
     for start in range(0, len(pending), batch_size):
       ids = pending[start:start + batch_size]
-      rows, _, _ = decode_batch(model, [prompts[i] for i in ids], options, batch_size)
+      rows, _, _ = decode_batch(model, [prompts[i] for i in ids], options, batch_size, ids)
       lines = []
       for i, row in zip(ids, rows):
         response = model.tokenizer.decode(row.ids, skip_special_tokens=True)

@@ -225,3 +225,15 @@ def test_readme_harness_table_is_the_stored_results():
     point = points[("DMax-tiny", r["options"]["mode"], r["threshold"])]
     assert (r["strict"]["accuracy"], r["n"]) == (point["accuracy"], point["n"])
     assert r["tpf_ratio_of_sums"] == pytest.approx(point["tpf"])
+
+
+def test_sampled_answers_do_not_depend_on_batching(tmp_path):
+  """With temperature > 0, record i samples with fold_in(key(seed), i): batch 4 gives batch 1's samples."""
+  strip = lambda samples: [(s["response"], s["nfe"]) for s in samples]
+  runs = []
+  for batch in ("4", "1"):
+    out = str(tmp_path / batch)
+    assert _evaluate("--task", "tiny", "--limit", "4", "--batch-size", batch, "--temperature", "0.8",
+                     "--seed", "3", "--output", out) == 0
+    runs.append(strip(_samples(out)))
+  assert runs[0] == runs[1]

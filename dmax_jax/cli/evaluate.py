@@ -22,7 +22,7 @@ import os
 
 from dmax_jax.cli.decode import DEFAULT_CKPT
 from dmax_jax.cli.decoding_flags import add_decoding_flags, decode_options, mesh_from_flag
-from dmax_jax.cli.policy import Parser, command, positive_int, warn
+from dmax_jax.cli.policy import Parser, command, nonnegative_int, positive_int, warn
 from dmax_jax.decoding.options import DEFAULT_THRESHOLD
 from dmax_jax.errors import InputError
 from dmax_jax.evaluation.tasks import NAMES, PAPER_GEN_LENGTH, get_task
@@ -42,6 +42,8 @@ def parse_args(argv):
                  help="prompts per compiled decoding call; results equal batch 1 (default 1, as the paper)")
   p.add_argument("--output", help="output directory (default runs/eval/<task>-<mode>-<threshold>); rerunning "
                                   "with the same settings resumes, with other settings is refused")
+  p.add_argument("--seed", type=nonnegative_int, default=0,
+                 help="sampling seed (with --temperature > 0): record i samples with fold_in(seed, i) (default 0)")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   add_decoding_flags(p, threshold_default="the task's: 0.5 math, 0.65 code (SPD); 0.95 threshold mode",
                      gen_length_default=None, gen_length_help=f"the task's: {PAPER_GEN_LENGTH}; tiny 64")
@@ -72,7 +74,7 @@ def main(argv) -> int:
   mesh = mesh_from_flag(args.mesh)
   cfg, variables = load_model(args.ckpt, mesh=mesh, scan_layers=False)
   model = runner.Model(cfg, variables, tokenizer, args.ckpt, mesh)
-  runner.evaluate(task, records, model, options, output, args.batch_size, progress=not args.quiet)
+  runner.evaluate(task, records, model, options, output, args.batch_size, progress=not args.quiet, seed=args.seed)
   with open(os.path.join(output, "results.md")) as f:
     print(f.read(), end="")
   print(f"samples and results in {output}/")

@@ -8,7 +8,7 @@ Everything is batched over rows `[batch, block]`; a row's decision never looks a
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Protocol
+from typing import Callable, ClassVar, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -140,15 +140,20 @@ class DecodingRule(Protocol):
 
 
 @dataclasses.dataclass(frozen=True)
-class SoftParallel:
+class _StepCap:
+  """What every rule is built with: the step cap per block and the mask id."""
+  max_steps: int
+  mask_id: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftParallel(_StepCap):
   """DMax soft parallel decoding: decode the leftmost confident run of masked positions, revise every decoded
   position each step, feed decoded positions back as confidence-weighted soft embeddings; a block ends when
   every position it decodes is confident, nothing changed, or after `max_steps`."""
-  max_steps: int
-  mask_id: int
-  name: str = "spd"
-  counts_prefill: bool = True
-  fills_after_eos: bool = True
+  name: ClassVar[str] = "spd"
+  counts_prefill: ClassVar[bool] = True
+  fills_after_eos: ClassVar[bool] = True
 
   def update(self, x_BxT, active_BxT, x0_BxT, p_BxT, step, knobs: Knobs) -> Update:
     tokens, decoded, changed = spd_select(x_BxT, active_BxT, x0_BxT, p_BxT, knobs.threshold, self.mask_id)
@@ -166,14 +171,12 @@ class SoftParallel:
 
 
 @dataclasses.dataclass(frozen=True)
-class Threshold:
+class Threshold(_StepCap):
   """The official LLaDA2.0 `generate()`: commit masked positions above the threshold (at least the step's
   quota, the most confident first), never revise; a block ends when it holds no mask or after `max_steps`."""
-  max_steps: int
-  mask_id: int
-  name: str = "threshold"
-  counts_prefill: bool = False
-  fills_after_eos: bool = False
+  name: ClassVar[str] = "threshold"
+  counts_prefill: ClassVar[bool] = False
+  fills_after_eos: ClassVar[bool] = False
 
   def update(self, x_BxT, active_BxT, x0_BxT, p_BxT, step, knobs: Knobs) -> Update:
     tokens, decoded = threshold_select(x_BxT, x0_BxT, p_BxT, knobs.threshold, knobs.quota[step - 1], self.mask_id)

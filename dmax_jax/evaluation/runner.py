@@ -17,6 +17,7 @@ import time
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 from tqdm import tqdm
 
 from dmax_jax import sharding
@@ -103,22 +104,32 @@ def append_lines(path: str, samples: Sequence[dict[str, Any]]) -> None:
     os.fsync(f.fileno())
 
 
-def decode_batch(model: Model, prompts: list[list[int]], options: DecodeOptions,
-                  batch_size: int) -> tuple[list[RowResult], float, float]:
+def sample_keys(seed: int, doc_ids: Sequence[int]) -> jax.Array:
+  """Typed PRNG keys `[batch]`: record i samples with fold_in(key(seed), i), whatever its batch."""
+  return jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.asarray(doc_ids, jnp.int32))
+
+
+def decode_batch(model: Model, prompts: list[list[int]], options: DecodeOptions, batch_size: int,
+                 doc_ids: Sequence[int] | None = None, seed: int = 0) -> tuple[list[RowResult], float, float]:
   """Rows of one batch (padded to `batch_size` by repeating its first prompt, so every batch of a prompt
-  bucket reuses one compiled program), wall seconds and the compile seconds within them."""
+  bucket reuses one compiled program), wall seconds and the compile seconds within them. With `doc_ids`,
+  sampling (temperature > 0) draws from `sample_keys(seed, doc_ids)`: results do not depend on batching."""
   width = prompt_bucket(max(len(p) for p in prompts), options.block_length)
   padded = prompts + [prompts[0]] * (batch_size - len(prompts))
+  keys = None
+  if doc_ids is not None:
+    keys = sample_keys(seed, list(doc_ids) + [doc_ids[0]] * (batch_size - len(prompts)))
   compiled, start = compile_seconds(), time.perf_counter()
   with sharding.use_mesh(model.mesh) if model.mesh is not None else contextlib.nullcontext():
-    rows = generate(model.config, model.variables, padded, options, prompt_width=width)[:len(prompts)]
+    rows = generate(model.config, model.variables, padded, options, keys=keys, prompt_width=width)[:len(prompts)]
   return rows, time.perf_counter() - start, compile_seconds() - compiled
 
 
 def evaluate(task: Task, records: Sequence[Record], model: Model, options: DecodeOptions, out_dir: str,
-             batch_size: int = 1, progress: bool = True) -> dict[str, Any]:
+             batch_size: int = 1, progress: bool = True, seed: int = 0) -> dict[str, Any]:
   """Evaluates `records` (doc id = index), resuming from `out_dir/samples.jsonl`; returns the summary
-  (also written to `out_dir/results.json` and `out_dir/results.md`)."""
+  (also written to `out_dir/results.json` and `out_dir/results.md`). Record i samples with
+  fold_in(key(seed), i) when the temperature is > 0."""
   if jax.process_count() > 1:
     raise InputError("evaluation runs in one process (one host: a GPU machine or a single-host TPU slice); "
                      f"this is process {jax.process_index()} of {jax.process_count()}")
@@ -133,7 +144,7 @@ def evaluate(task: Task, records: Sequence[Record], model: Model, options: Decod
     validate_prompts(model.config, list(prompts.values()), options)
   os.makedirs(out_dir, exist_ok=True)
   check_same_run(out_dir, {"task": task.name, "checkpoint": os.path.abspath(model.path),
-                           "options": dataclasses.asdict(options)})
+                           "options": dataclasses.asdict(options), "seed": seed})
   eos_id, _ = options.special_ids(model.config)
   tally = summary.Tally(task, [done[i] for i in sorted(done) if i < len(records)])
   compile_total = 0.0
@@ -142,7 +153,7 @@ def evaluate(task: Task, records: Sequence[Record], model: Model, options: Decod
     bar.set_postfix_str(tally.postfix())
     for start in range(0, len(pending), batch_size):
       ids = pending[start:start + batch_size]
-      rows, seconds, compiled = decode_batch(model, [prompts[i] for i in ids], options, batch_size)
+      rows, seconds, compiled = decode_batch(model, [prompts[i] for i in ids], options, batch_size, ids, seed)
       compile_total += compiled
       per_row = (seconds - compiled) / len(ids)
       batch = [_sample(task, i, records[i], messages[i],
