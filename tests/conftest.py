@@ -1,4 +1,4 @@
-"""Test set-up: 8 simulated CPU devices, full-precision matmuls, and the shared fixture."""
+"""Test set-up: 8 simulated CPU devices, full-precision matmuls, rank promotion raises, and the shared fixture."""
 
 import os
 
@@ -9,6 +9,7 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+jax.config.update("jax_numpy_rank_promotion", "raise")  # broadcasting across ranks must be spelled out
 
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 LLADA2_MINI_CONFIG = os.path.join(REPO_ROOT, "configs", "llada2_mini.json")

@@ -148,7 +148,7 @@ def test_threshold_rule_commits_quota_never_revises_and_ends_without_masks():
   assert update.tokens.tolist() == [[M, 2, 3]] and update.stop.tolist() == [rules.NOT_STOPPED]
   update = rule.update(update.tokens, active, jnp.array([[6, 7, 8]]), jnp.array([[.9, .9, .9]]), 2, KNOBS)
   assert update.tokens.tolist() == [[6, 2, 3]] and update.stop.tolist() == [rules.BLOCK_DONE]
-  embed = lambda ids: jnp.asarray(ids, jnp.float32)[..., None] * jnp.ones(2)
+  embed = lambda ids: jnp.asarray(ids, jnp.float32)[..., None] * jnp.ones((1, 1, 2))
   np.testing.assert_array_equal(rule.next_inputs(embed, None, update, active, None, None, first=False),
                                 embed(update.tokens))
   eos = 0

@@ -34,7 +34,7 @@ def test_dispatch_matches_per_token_reference(impl, tokens, experts, top_k, max_
   w = moe.ExpertWeights(*(jax.random.normal(k, s) / np.sqrt(s[1]) for k, s in
                           zip(jax.random.split(kw, 3), [(experts, d, f), (experts, d, f), (experts, f, d)])))
   # Skewed choices: some experts get many rows, some none.
-  logits = jax.random.normal(kl, (tokens, experts)) + jnp.linspace(0, skew, experts)
+  logits = jax.random.normal(kl, (tokens, experts)) + jnp.linspace(0, skew, experts)[None, :]
   _, ids = jax.lax.top_k(logits, top_k)
   if skew > 10:
     assert tokens > moe.bucket_size_for(tokens * top_k, experts)  # more rows than one bucket holds
@@ -50,7 +50,7 @@ def test_group_limited_routing_respects_groups():
   bias = jnp.linspace(-0.2, 0.2, 16)
   ids, weights = moe.route(logits, bias, top_k=3, n_group=4, topk_group=2, routed_scaling_factor=2.5,
                            norm_topk_prob=True)
-  biased = np.asarray(jax.nn.sigmoid(logits) + bias).reshape(50, 4, 4)
+  biased = np.asarray(jax.nn.sigmoid(logits) + bias[None, :]).reshape(50, 4, 4)
   group_scores = np.sort(biased, -1)[..., -2:].sum(-1)
   best_groups = np.argsort(-group_scores, -1)[:, :2]
   for t in range(50):
@@ -90,7 +90,7 @@ def test_gradients_match_a_dense_reference():
   x = jax.random.normal(kx, (tokens, d))
   w = moe.ExpertWeights(*(jax.random.normal(k, s) / np.sqrt(s[1]) for k, s in
                           zip(jax.random.split(kw, 3), [(experts, d, f), (experts, d, f), (experts, f, d)])))
-  _, ids = jax.lax.top_k(jax.random.normal(kl, (tokens, experts)) + jnp.linspace(0, 60, experts), top_k)
+  _, ids = jax.lax.top_k(jax.random.normal(kl, (tokens, experts)) + jnp.linspace(0, 60, experts)[None, :], top_k)
   weights = jnp.full((tokens, top_k), 0.5)
   grad = lambda fn: jax.jit(jax.grad(lambda a, ew: jnp.sum(jnp.sin(fn(a, ids, weights, ew))), argnums=(0, 1)))(x, w)
   want = jax.tree.leaves(grad(_dense_dispatch))
