@@ -8,10 +8,11 @@ Shape legend: array names end in their shape, `x_BxTxH` = `[batch, tokens, hidde
   N query heads                 K key/value heads               Q query heads per key/value head (N = K·Q)
   D head dimension              E experts                       F expert (FFN) width
   A experts per token (top-k)   G expert groups                 J experts per group
-  M token-expert assignment rows  U tokens gathered over the expert-parallel group
+  M token-expert assignment rows  U tokens gathered over a mesh group (expert- or vocabulary-parallel)
   C bucket capacity             I tiles (of m rows)
 
-A name without a suffix is a scalar or a pytree; `_B` alone is per row.
+Suffixes name the shapes of arguments and of arrays whose shape is not plain from the nearby code; `_B` alone
+is per row.
 """
 
 from dmax_jax.config import ConfigError, ModelConfig

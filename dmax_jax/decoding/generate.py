@@ -56,14 +56,14 @@ class DecodeOutput:
 
 @dataclasses.dataclass(frozen=True)
 class Static:
-  """What the compiled program depends on (hashable): the rule, lengths, sampling, tracing, special ids."""
+  """What the compiled program depends on (hashable): the rule (which holds the mask id), lengths, sampling,
+  tracing, the EOS id."""
   rule: rules.DecodingRule
   block_length: int
   gen_length: int
   sample: bool
   trace: bool
   eos_id: int
-  mask_id: int
 
 
 @struct.dataclass
@@ -132,8 +132,9 @@ def _empty_trace(iters, steps, batch, block) -> Trace:
 
 def _inputs(cfg: ModelConfig, st: Static, variables, threshold, converge_threshold, temperature, keys_B) -> Inputs:
   quota = jnp.asarray(transfer_schedule(st.block_length, st.rule.max_steps))
+  mask_emb = _embed(cfg, variables, jnp.full((1, 1), st.rule.mask_id))[0, 0]
   return Inputs(knobs=rules.Knobs(threshold=threshold, converge_threshold=converge_threshold, quota=quota),
-                temperature=temperature, keys=keys_B, mask_emb=_embed(cfg, variables, jnp.full((1, 1), st.mask_id))[0, 0])
+                temperature=temperature, keys=keys_B, mask_emb=mask_emb)
 
 
 def _forward_block(cfg: ModelConfig, variables, emb_BxTxH, start_B, cache) -> jax.Array:
@@ -179,10 +180,9 @@ def _prefill(cfg: ModelConfig, variables, tokens_BxS, width: int, blk_len: int, 
   batch = tokens_BxS.shape[0]
   block_ids = jnp.arange(prefill_len) // blk_len
   pre_ids = tokens_BxS[:, :prefill_len]
+  bias = kv_cache.attention_bias(0, jnp.zeros((batch,), jnp.int32), block_ids[None, :] <= block_ids[:, None])
   _, kv = apply_model(cfg, variables, embed_tokens(cfg, variables, pre_ids),
-                      jnp.broadcast_to(jnp.arange(prefill_len), pre_ids.shape),
-                      kv_cache.attention_bias(0, jnp.zeros((batch,), jnp.int32), block_ids[None, :] <= block_ids[:, None]),
-                      return_hidden=True)
+                      jnp.broadcast_to(jnp.arange(prefill_len), pre_ids.shape), bias, return_hidden=True)
   return kv_cache.write(cache, kv, jnp.zeros((batch,), jnp.int32))
 
 
@@ -196,8 +196,8 @@ def _first_forward(cfg: ModelConfig, variables, run: RunState, start_B, blk_len:
   hidden, kv = apply_model(cfg, variables, embed_tokens(cfg, variables, win_ids),
                            win_start[:, None] + jnp.arange(2 * blk_len)[None, :], bias, kv_prefix=run.cache,
                            return_hidden=True)
-  return lm_head(cfg, variables, kv_cache.take_rows(hidden, start_B - win_start, blk_len)), \
-      kv_cache.write(run.cache, kv, win_start)
+  logits = lm_head(cfg, variables, kv_cache.take_rows(hidden, start_B - win_start, blk_len))
+  return logits, kv_cache.write(run.cache, kv, win_start)
 
 
 def _end_block(st: Static, layout: Layout, run: RunState, blk: BlockState, start_B, x_BxT, cache) -> RunState:
@@ -222,7 +222,7 @@ def _block_iteration(cfg: ModelConfig, st: Static, variables, inputs: Inputs, la
   blk_len = st.block_length
   start_B = jnp.minimum(layout.first_block + run.it, layout.num_blocks - 1) * blk_len
   x_BxT = kv_cache.take_rows(run.tokens, start_B, blk_len)
-  active = x_BxT == st.mask_id
+  active = x_BxT == st.rule.mask_id
   logits, cache = _first_forward(cfg, variables, run, start_B, blk_len)
   trace = None if run.trace is None else run.trace.replace(block=run.trace.block.at[run.it].set(start_B // blk_len))
   blk = BlockState(step=jnp.int32(0), x=x_BxT, emb=_embed(cfg, variables, x_BxT), done=run.done, nfe=run.nfe,
@@ -247,7 +247,7 @@ def _generate(cfg: ModelConfig, st: Static, variables, prompt_ids_BxP, prompt_le
   layout = Layout(prompt_lens=prompt_lens_B, first_block=prompt_lens_B // st.block_length,
                   num_blocks=total_length(prompt_lens_B, st.gen_length, st.block_length) // st.block_length)
   padded = jnp.pad(prompt_ids_BxP.astype(jnp.int32), ((0, 0), (0, seq_len - width)))
-  tokens = jnp.where(jnp.arange(seq_len)[None] < prompt_lens_B[:, None], padded, st.mask_id)
+  tokens = jnp.where(jnp.arange(seq_len)[None] < prompt_lens_B[:, None], padded, st.rule.mask_id)
   inputs = _inputs(cfg, st, variables, threshold, converge_threshold, temperature, keys_B)
   cache = _prefill(cfg, variables, tokens, width, st.block_length, kv_cache.init_cache(cfg, batch, seq_len))
   trace = _empty_trace(max_block_iterations(options), st.rule.max_steps, batch, st.block_length) if st.trace else None
@@ -279,9 +279,9 @@ def block_step(cfg: ModelConfig, options: DecodeOptions, variables, cache, x_BxT
 
 
 def static_options(cfg: ModelConfig, options: DecodeOptions) -> Static:
-  eos_id, mask_id = options.special_ids(cfg)
+  eos_id, _ = options.special_ids(cfg)
   return Static(rule=options.rule(cfg), block_length=options.block_length, gen_length=options.gen_length,
-                sample=options.temperature > 0, trace=options.trace, eos_id=eos_id, mask_id=mask_id)
+                sample=options.temperature > 0, trace=options.trace, eos_id=eos_id)
 
 
 def row_keys(seed: int, batch: int) -> jax.Array:

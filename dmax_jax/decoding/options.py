@@ -71,7 +71,7 @@ class DecodeOptions:
 
   def rule(self, cfg: ModelConfig):
     """The `rules.DecodingRule` of `mode` for `cfg`'s (or the options') mask id."""
-    from dmax_jax.decoding.rules import RULES
+    from dmax_jax.decoding.rules import RULES  # lazy: the CLIs read these options before importing jax
     return RULES[self.mode](max_steps=self.max_steps, mask_id=self.special_ids(cfg)[1])
 
   def special_ids(self, cfg: ModelConfig) -> tuple[int, int]:

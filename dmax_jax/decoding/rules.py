@@ -100,7 +100,8 @@ def threshold_select(x_BxT, x0_BxT, p_BxT, threshold, quota, mask_id):
 
 @struct.dataclass
 class Knobs:
-  """Run-time values of a generation (traced: changing them does not recompile)."""
+  """Traced values the rules read: thresholds change without recompiling; `quota` is derived from static
+  lengths (only threshold decoding reads it)."""
   threshold: jax.Array           # f32 scalar: commit confidence
   converge_threshold: jax.Array  # f32 scalar: SPD's block-convergence confidence
   quota: jax.Array               # [max_steps] int32: threshold decoding's commit schedule
@@ -117,12 +118,17 @@ class Update:
 
 class DecodingRule(Protocol):
   """A block-diffusion decoding algorithm: how a step turns predictions into tokens and the next block input,
-  when a block ends, how forwards and answers are counted. Static (hashable): part of the compiled program.
+  when a block ends, how forwards and answers are counted. Part of the compiled program's static arguments,
+  so a rule must be immutable, value-equal and hashable (a frozen dataclass), built as
+  `cls(max_steps=..., mask_id=...)` by `DecodeOptions.rule`.
 
+  max_steps: forwards per block at most. mask_id: the mask token.
   name: the `DecodeOptions.mode` it implements.
   counts_prefill: the prefill forward counts as one forward in NFE (dInfer's convention).
   fills_after_eos: every position after a block that generated EOS becomes EOS (dInfer's convention).
   """
+  max_steps: int
+  mask_id: int
   name: str
   counts_prefill: bool
   fills_after_eos: bool
@@ -140,14 +146,14 @@ class DecodingRule(Protocol):
 
 
 @dataclasses.dataclass(frozen=True)
-class _StepCap:
+class _RuleParams:
   """What every rule is built with: the step cap per block and the mask id."""
   max_steps: int
   mask_id: int
 
 
 @dataclasses.dataclass(frozen=True)
-class SoftParallel(_StepCap):
+class SoftParallel(_RuleParams):
   """DMax soft parallel decoding: decode the leftmost confident run of masked positions, revise every decoded
   position each step, feed decoded positions back as confidence-weighted soft embeddings; a block ends when
   every position it decodes is confident, nothing changed, or after `max_steps`."""
@@ -171,7 +177,7 @@ class SoftParallel(_StepCap):
 
 
 @dataclasses.dataclass(frozen=True)
-class Threshold(_StepCap):
+class Threshold(_RuleParams):
   """The official LLaDA2.0 `generate()`: commit masked positions above the threshold (at least the step's
   quota, the most confident first), never revise; a block ends when it holds no mask or after `max_steps`."""
   name: ClassVar[str] = "threshold"
@@ -195,4 +201,4 @@ class Threshold(_StepCap):
     return ids, len(ids)
 
 
-RULES: dict[str, type] = {"spd": SoftParallel, "threshold": Threshold}
+RULES: dict[str, Callable[..., DecodingRule]] = {"spd": SoftParallel, "threshold": Threshold}

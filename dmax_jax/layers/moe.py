@@ -44,11 +44,11 @@ class ExpertWeights(NamedTuple):
   down: jax.Array
 
 
-def _rank_descending(scores_TxE: jax.Array) -> jax.Array:
-  """Rank of every entry in its row, 0 = largest; ties go to the lower index (as `torch.topk`)."""
-  n = scores_TxE.shape[-1]
-  a = scores_TxE[..., :, None]
-  b = scores_TxE[..., None, :]
+def _rank_descending(scores: jax.Array) -> jax.Array:
+  """Rank of every entry along the last axis, 0 = largest; ties go to the lower index (as `torch.topk`)."""
+  n = scores.shape[-1]
+  a = scores[..., :, None]
+  b = scores[..., None, :]
   idx = jnp.arange(n)
   lower_index = (idx[None, :] < idx[:, None]).reshape((1,) * (a.ndim - 2) + (n, n))
   beats = (b > a) | ((b == a) & lower_index)
@@ -309,9 +309,8 @@ def expert_parallel_moe(x_BxTxH: jax.Array, router_logits_BxTxE: jax.Array, expe
     local_ids = ids_UxA - first
     local_ids = jnp.where((local_ids >= 0) & (local_ids < num_local), local_ids, num_local)
     y_UxH = _local_expert_outputs(x_UxH, local_ids, w_UxA, ExpertWeights(gate, up, down), impl, max_tile)
-    y_TxH = y_UxH.astype(x_BxTxH.dtype)
-    if gather_axes:
-      y_TxH = jax.lax.psum_scatter(y_TxH, gather_axes, scatter_dimension=0, tiled=True)
+    y_UxH = y_UxH.astype(x_BxTxH.dtype)
+    y_TxH = jax.lax.psum_scatter(y_UxH, gather_axes, scatter_dimension=0, tiled=True) if gather_axes else y_UxH
     if sum_axes:
       y_TxH = jax.lax.psum(y_TxH, sum_axes)
     return y_TxH.reshape(b, t, d), ids_TxA.reshape(b, t, -1), w_TxA.reshape(b, t, -1)

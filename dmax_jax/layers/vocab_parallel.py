@@ -61,7 +61,7 @@ def _vocab_sharded(fn, hidden_BxLxH, w_HxV, *per_token_BxL):
   device in `shard_map` over the context mesh (directly without one). Each device all-gathers the
   hidden states of the devices that shard the vocabulary with it, scores them against its vocabulary
   shard, and keeps its own tokens' results (backward: a reduce-scatter of the hidden-state gradient)."""
-  batch, seq_len, dim = hidden_BxLxH.shape
+  batch, seq_len, _ = hidden_BxLxH.shape
   if jax.sharding.get_abstract_mesh().size <= 1:
     flat = (a.reshape(batch * seq_len, *a.shape[2:]) for a in (hidden_BxLxH, *per_token_BxL))
     return fn(next(flat), w_HxV, *flat, ()).reshape(batch, seq_len)
@@ -75,9 +75,8 @@ def _vocab_sharded(fn, hidden_BxLxH, w_HxV, *per_token_BxL):
     flat = [a.reshape(b * l, *a.shape[2:]) for a in (hidden_BxLxH, *per_token_BxL)]
     if gather_axes:
       flat = [jax.lax.all_gather(a, gather_axes, axis=0, tiled=True) for a in flat]
-    out_T = fn(flat[0], w_HxV, *flat[1:], vocab_axes)
-    if gather_axes:
-      out_T = jax.lax.dynamic_slice_in_dim(out_T, jax.lax.axis_index(gather_axes) * b * l, b * l)
+    out_U = fn(flat[0], w_HxV, *flat[1:], vocab_axes)  # U: the tokens gathered over the vocabulary group
+    out_T = jax.lax.dynamic_slice_in_dim(out_U, jax.lax.axis_index(gather_axes) * b * l, b * l) if gather_axes else out_U
     return out_T.reshape(b, l)
 
   tokens = P(*spec[:2])
