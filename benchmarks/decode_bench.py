@@ -99,10 +99,15 @@ def mixed_batch(repeats: int, batches=(1, 8, 64), n: int = 64) -> list[dict]:
       seconds = tokens = needed = paid = 0
       for i in range(0, n, batch):
         chunk = prompts[i:i + batch]
-        res, _, secs = compiled_run(cfg, variables, chunk, options, repeats)
-        seconds += secs
-        tokens += sum(r.num_tokens for r in res)
         ids, lens = pad_prompts(chunk, prompt_bucket(max(map(len, chunk)), 32))
+        out = jax.block_until_ready(decode_padded(cfg, variables, ids, lens, options))  # compiles once per shape
+        best = np.inf
+        for _ in range(repeats):
+          t = time.perf_counter()
+          jax.block_until_ready(decode_padded(cfg, variables, ids, lens, options))
+          best = min(best, time.perf_counter() - t)
+        seconds += best
+        tokens += sum(r.num_tokens for r in unpack(cfg, out, lens, options))
         taken = jax.device_get(decode_padded(cfg, variables, ids, lens, traced).trace.taken)  # [iters, steps, B]
         needed += int(taken.sum())
         paid += int(taken.sum(1).max(1).sum()) * len(chunk)

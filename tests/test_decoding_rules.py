@@ -138,6 +138,7 @@ def test_soft_parallel_rule_update_stop_and_answer():
   eos = 0
   ids, tokens = rule.answer(np.array([7, 8, eos, 9, eos, eos]), eos, gen_length=6)
   assert ids.tolist() == [7, 8] and tokens == 3  # dInfer counts every non-EOS token, even after the first EOS
+  assert rule.response(np.array([7, 8, eos, 9, eos, eos]), eos, gen_length=6).tolist() == [7, 8, 9]  # dInfer's text
 
 
 def test_threshold_rule_commits_quota_never_revises_and_ends_without_masks():
@@ -154,6 +155,7 @@ def test_threshold_rule_commits_quota_never_revises_and_ends_without_masks():
   eos = 0
   ids, tokens = rule.answer(np.array([7, eos, 9, eos]), eos, gen_length=3)
   assert ids.tolist() == [7, eos] and tokens == 2  # generate()'s answer: cut after the first EOS, included
+  assert rule.response(np.array([7, eos, 9, eos]), eos, gen_length=3).tolist() == [7, eos]
 
 
 def test_options_pick_the_rule_of_their_mode(tiny_model):

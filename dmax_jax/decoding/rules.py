@@ -144,6 +144,9 @@ class DecodingRule(Protocol):
   def answer(self, generated: np.ndarray, eos_id: int, gen_length: int) -> tuple[np.ndarray, int]:
     """`(answer ids, TPF numerator)` of a row from its generated tokens (host side)."""
 
+  def response(self, generated: np.ndarray, eos_id: int, gen_length: int) -> np.ndarray:
+    """The ids a benchmark scores (host side)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class _RuleParams:
@@ -175,6 +178,10 @@ class SoftParallel(_RuleParams):
     eos_at = np.flatnonzero(generated == eos_id)
     return (generated[:eos_at[0]] if eos_at.size else generated), int((generated != eos_id).sum())
 
+  def response(self, generated: np.ndarray, eos_id: int, gen_length: int) -> np.ndarray:
+    """dInfer's evaluation text: every generated token but EOS (non-EOS tokens after the first EOS stay)."""
+    return generated[generated != eos_id]
+
 
 @dataclasses.dataclass(frozen=True)
 class Threshold(_RuleParams):
@@ -199,6 +206,9 @@ class Threshold(_RuleParams):
     eos_at = np.flatnonzero(answer == eos_id)
     ids = answer[:eos_at[0] + 1] if eos_at.size else answer
     return ids, len(ids)
+
+  def response(self, generated: np.ndarray, eos_id: int, gen_length: int) -> np.ndarray:
+    return self.answer(generated, eos_id, gen_length)[0]
 
 
 RULES: dict[str, Callable[..., DecodingRule]] = {"spd": SoftParallel, "threshold": Threshold}

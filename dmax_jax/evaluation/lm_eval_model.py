@@ -19,7 +19,7 @@ from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from dmax_jax.decoding import DecodeOptions
-from dmax_jax.evaluation.runner import Model, decode_batch, response_ids
+from dmax_jax.evaluation.runner import Model, decode_batch, response_text
 from dmax_jax.evaluation.tasks import PAPER_GEN_LENGTH
 
 
@@ -66,13 +66,12 @@ class DMaxLM(LM):
   def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
     contexts = [r.args[0] for r in requests]
     prompts = [self.model.tokenizer(c, add_special_tokens=False)["input_ids"] for c in contexts]
-    eos_id, _ = self.options.special_ids(self.model.config)
     texts = []
     for start in tqdm(range(0, len(prompts), self.batch_size), disable=disable_tqdm, desc="dmax_jax"):
       rows, _, _ = decode_batch(self.model, prompts[start:start + self.batch_size], self.options, self.batch_size)
       for request, row in zip(requests[start:start + self.batch_size], rows):
         self.counts.append((row.num_tokens, row.nfe))
-        text = self.model.tokenizer.decode(response_ids(row, self.options, eos_id), skip_special_tokens=True)
+        text = response_text(self.model, row, self.options)
         texts.append(cut_at(text, request.args[1].get("until")) if self.cut_until else text)
     return texts
 

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from tqdm import tqdm
 
 from dmax_jax import sharding
@@ -84,8 +85,11 @@ def check_same_run(out_dir: str, identity: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(identity, indent=1) + "\n")
 
 
-def response_ids(row: RowResult, options: DecodeOptions, eos_id: int) -> list[int]:
-  return [t for t in row.generated if t != eos_id] if options.mode == "spd" else row.ids
+def response_text(model: Model, row: RowResult, options: DecodeOptions) -> str:
+  """The text a benchmark scores: the rule's response ids, special tokens dropped."""
+  eos_id, _ = options.special_ids(model.config)
+  ids = options.rule(model.config).response(np.asarray(row.generated), eos_id, options.gen_length)
+  return model.tokenizer.decode(ids.tolist(), skip_special_tokens=True)
 
 
 def _sample(task: Task, doc_id: int, record: Record, prompt: str, response: str, row: RowResult,
@@ -110,11 +114,13 @@ def sample_keys(seed: int, doc_ids: Sequence[int]) -> jax.Array:
 
 
 def decode_batch(model: Model, prompts: list[list[int]], options: DecodeOptions, batch_size: int,
-                 doc_ids: Sequence[int] | None = None, seed: int = 0) -> tuple[list[RowResult], float, float]:
+                 doc_ids: Sequence[int] | None = None, seed: int = 0,
+                 prompt_width: int | None = None) -> tuple[list[RowResult], float, float]:
   """Rows of one batch (padded to `batch_size` by repeating its first prompt, so every batch of a prompt
-  bucket reuses one compiled program), wall seconds and the compile seconds within them. With `doc_ids`,
-  sampling (temperature > 0) draws from `sample_keys(seed, doc_ids)`: results do not depend on batching."""
-  width = prompt_bucket(max(len(p) for p in prompts), options.block_length)
+  bucket reuses one compiled program; `prompt_width` fixes one width for every batch), wall seconds and the
+  compile seconds within them. With `doc_ids`, sampling (temperature > 0) draws from
+  `sample_keys(seed, doc_ids)`: results do not depend on batching."""
+  width = prompt_width or prompt_bucket(max(len(p) for p in prompts), options.block_length)
   padded = prompts + [prompts[0]] * (batch_size - len(prompts))
   keys = None
   if doc_ids is not None:
@@ -145,7 +151,6 @@ def evaluate(task: Task, records: Sequence[Record], model: Model, options: Decod
   os.makedirs(out_dir, exist_ok=True)
   check_same_run(out_dir, {"task": task.name, "checkpoint": os.path.abspath(model.path),
                            "options": dataclasses.asdict(options), "seed": seed})
-  eos_id, _ = options.special_ids(model.config)
   tally = summary.Tally(task, [done[i] for i in sorted(done) if i < len(records)])
   compile_total = 0.0
   with tqdm(total=len(records), initial=len(records) - len(pending), desc=task.name, unit="sample",
@@ -156,9 +161,8 @@ def evaluate(task: Task, records: Sequence[Record], model: Model, options: Decod
       rows, seconds, compiled = decode_batch(model, [prompts[i] for i in ids], options, batch_size, ids, seed)
       compile_total += compiled
       per_row = (seconds - compiled) / len(ids)
-      batch = [_sample(task, i, records[i], messages[i],
-                       model.tokenizer.decode(response_ids(row, options, eos_id), skip_special_tokens=True),
-                       row, per_row) for i, row in zip(ids, rows)]
+      batch = [_sample(task, i, records[i], messages[i], response_text(model, row, options), row, per_row)
+               for i, row in zip(ids, rows)]
       append_lines(path, batch)
       tally.add(batch)
       bar.update(len(batch))

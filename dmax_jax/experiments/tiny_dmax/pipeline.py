@@ -141,17 +141,17 @@ def spd_decoder_name(converge_threshold: float) -> str:
 
 def decode_questions(cfg, variables, hf_tok, questions: Sequence[str], options, batch: int,
                      desc: str) -> tuple[list[str], list[Any], float]:
-  """Decodes chat prompts in fixed-shape batches (the last one padded by repetition, so one compiled
-  program serves every batch); returns (answer texts, RowResults, seconds)."""
-  from dmax_jax.decoding import generate, prompt_bucket
+  """Decodes chat prompts in fixed-shape batches of one prompt width (the last padded by repetition, so one
+  compiled program serves every batch); returns (answer texts, RowResults, seconds)."""
+  from dmax_jax.decoding import prompt_bucket
+  from dmax_jax.evaluation.runner import Model, decode_batch
   from dmax_jax.tokenization import chat_ids
   prompts = [chat_ids(hf_tok, [{"role": "user", "content": q}], add_generation_prompt=True) for q in questions]
   width = prompt_bucket(max(len(p) for p in prompts), options.block_length)
+  model = Model(cfg, variables, hf_tok, "")
   rows, start = [], time.perf_counter()
   for i in tqdm(range(0, len(prompts), batch), desc=desc, unit="batch", leave=False):
-    chunk = prompts[i:i + batch]
-    rows += generate(cfg, variables, chunk + [chunk[0]] * (batch - len(chunk)), options,
-                     prompt_width=width)[:len(chunk)]
+    rows += decode_batch(model, prompts[i:i + batch], options, batch, prompt_width=width)[0]
   texts = [hf_tok.decode(r.ids, skip_special_tokens=True) for r in rows]
   return texts, rows, time.perf_counter() - start
 
