@@ -5,12 +5,15 @@ decoder's cost per forward / per generated token at several generation lengths, 
 
   python benchmarks/decode_bench.py                      # fixture model + random 4-layer model
   python benchmarks/decode_bench.py --models random --gen-lengths 128,512,2048 --json out.json
-  python benchmarks/decode_bench.py --mixed-batch         # DMax-tiny on a mixed batch: lock-step cost
+  python benchmarks/decode_bench.py --mixed-batch         # DMax-tiny on a mixed batch: continuous batching
 
-The mixed-batch run decodes 64 tiny-task test prompts with DMax-tiny alone (batch 1) and in batches of 8 and
-64, and reads from the step trace how many row-steps the rows needed versus how many row slots the lock-step
-batch ran (each block iteration runs every row for the slowest row's step count): their ratio is the
-fraction of a batch forward doing useful work, the bound on what rows that move on alone can win.
+The mixed-batch run decodes 64 tiny-task test prompts with DMax-tiny at batch sizes 1, 8 and 64, two ways: one
+call per batch of prompts (rows move on alone, but a batch ends with its slowest row) and one call over all 64
+prompts whose freed rows take the next prompt (continuous batching), at start fractions 0, 0.5 and 1 (how many
+rows wait to start their next block together; `decode_padded`). It reports tokens/s and the fraction of row
+slots doing work (row-steps the prompts need / batch forwards x batch), next to the fraction a lock-step decoder
+(every row waits for the slowest in each block, the decoder before rows moved on alone) would reach, computed
+from the step trace.
 
 Timings are the best of --repeats runs (the machine may be shared). CPU only by default.
 """
@@ -81,8 +84,39 @@ def eager_run(cfg, variables, prompts, options, repeats):
   return unpack(cfg, out, lens, options), best
 
 
-def mixed_batch(repeats: int, batches=(1, 8, 64), n: int = 64) -> list[dict]:
-  """Tokens/s and lock-step efficiency of DMax-tiny on `n` tiny-task prompts at each batch size."""
+def _timed(fn, repeats):
+  """(output of the untimed first call, best seconds of `repeats` timed calls)."""
+  out = jax.block_until_ready(fn())  # compiles once per shape
+  best = np.inf
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    best = min(best, time.perf_counter() - t)
+  return out, best
+
+
+def _chunked(cfg, variables, prompts, options, batch, repeats):
+  """Batches of `batch` prompts, one call each (a batch ends with its slowest row): (seconds, outputs)."""
+  seconds, outs = 0.0, []
+  for i in range(0, len(prompts), batch):
+    ids, lens = pad_prompts(prompts[i:i + batch], prompt_bucket(max(map(len, prompts[i:i + batch])), 32))
+    out, best = _timed(lambda: decode_padded(cfg, variables, ids, lens, options), repeats)
+    seconds += best
+    outs.append((out, lens))
+  return seconds, outs
+
+
+def _lock_step_slots(trace, rows_per_batch: int) -> int:
+  """Row slots a lock-step decoder (every row of a batch waits for the slowest one in each block) would run."""
+  taken = np.asarray(trace.taken)  # [iterations, steps, prompts]
+  steps = taken.sum(1)             # [iterations, prompts]
+  chunks = range(0, steps.shape[1], rows_per_batch)
+  return int(sum(steps[:, i:i + rows_per_batch].max(1).sum() * steps[:, i:i + rows_per_batch].shape[1] for i in chunks))
+
+
+def mixed_batch(repeats: int, batches=(1, 8, 64), fractions=(0.0, 0.5, 1.0), n: int = 64) -> list[dict]:
+  """DMax-tiny on `n` tiny-task prompts at each batch size: one call per batch of prompts (a batch ends with its
+  slowest row) versus one call over all prompts with a refilled batch (continuous batching)."""
   from dmax_jax.cli.decode import DEFAULT_CKPT
   from dmax_jax.evaluation.tasks import get_task
   from dmax_jax.loading import load_model
@@ -91,30 +125,35 @@ def mixed_batch(repeats: int, batches=(1, 8, 64), n: int = 64) -> list[dict]:
   tok = load_tokenizer(DEFAULT_CKPT)
   prompts = [chat_ids(tok, [{"role": "user", "content": r["question"]}], add_generation_prompt=True)
              for r in get_task("tiny").records()[:n]]
+  ids, lens = pad_prompts(prompts, prompt_bucket(max(map(len, prompts)), 32))
   rows = []
   for mode, threshold in (("spd", 0.5), ("threshold", 0.95)):
+    options = DecodeOptions(mode=mode, threshold=threshold, gen_length=64)
+    trace = decode_padded(cfg, variables, ids, lens, DecodeOptions(mode=mode, threshold=threshold, gen_length=64,
+                                                                  trace=True)).trace
     for batch in batches:
-      options = DecodeOptions(mode=mode, threshold=threshold, gen_length=64)
-      traced = DecodeOptions(mode=mode, threshold=threshold, gen_length=64, trace=True)
-      seconds = tokens = needed = paid = 0
-      for i in range(0, n, batch):
-        chunk = prompts[i:i + batch]
-        ids, lens = pad_prompts(chunk, prompt_bucket(max(map(len, chunk)), 32))
-        out = jax.block_until_ready(decode_padded(cfg, variables, ids, lens, options))  # compiles once per shape
-        best = np.inf
-        for _ in range(repeats):
-          t = time.perf_counter()
-          jax.block_until_ready(decode_padded(cfg, variables, ids, lens, options))
-          best = min(best, time.perf_counter() - t)
-        seconds += best
-        tokens += sum(r.num_tokens for r in unpack(cfg, out, lens, options))
-        taken = jax.device_get(decode_padded(cfg, variables, ids, lens, traced).trace.taken)  # [iters, steps, B]
-        needed += int(taken.sum())
-        paid += int(taken.sum(1).max(1).sum()) * len(chunk)
-      rows.append({"mode": mode, "threshold": threshold, "batch": batch, "tokens_per_s": tokens / seconds,
-                   "row_steps_needed": needed, "row_slots_run": paid, "lock_step_efficiency": needed / paid})
-      print(f"DMax-tiny {mode:9s} {threshold:<4g} batch {batch:3d}: {tokens / seconds:8.1f} tok/s  row-steps needed "
-            f"{needed}, row slots run {paid}: lock-step efficiency {needed / paid:.2f}", flush=True)
+      chunk_s, chunk_outs = _chunked(cfg, variables, prompts, options, batch, repeats)
+      chunk_forwards = sum(int(o.batch_forwards) for o, _ in chunk_outs)
+      chunk_ids = [r.generated for o, ln in chunk_outs for r in unpack(cfg, o, ln, options)]
+      for fraction in fractions:
+        out, queue_s = _timed(lambda: decode_padded(cfg, variables, ids, lens, options, batch_size=batch,
+                                                    start_fraction=fraction), repeats)
+        results = unpack(cfg, out, lens, options)
+        assert [r.generated for r in results] == chunk_ids
+        tokens = sum(r.num_tokens for r in results)
+        needed = sum(r.nfe for r in results) - n * options.rule(cfg).counts_prefill  # row-steps the prompts need
+        row = {"mode": mode, "threshold": threshold, "batch": batch, "start_fraction": fraction, "tokens": tokens,
+               "row_steps_needed": needed, "chunks_tok_s": tokens / chunk_s, "queue_tok_s": tokens / queue_s,
+               "queue_over_chunks": chunk_s / queue_s, "chunks_batch_forwards": chunk_forwards,
+               "queue_batch_forwards": int(out.batch_forwards),
+               "chunks_utilisation": needed / (chunk_forwards * batch),
+               "queue_utilisation": needed / (int(out.batch_forwards) * batch),
+               "lock_step_utilisation": needed / _lock_step_slots(trace, batch)}
+        rows.append(row)
+        print(f"DMax-tiny {mode:9s} {threshold:<4g} batch {batch:3d}: one call per batch {row['chunks_tok_s']:7.1f} "
+              f"tok/s; one call, refilled, start fraction {fraction:<4g} {row['queue_tok_s']:7.1f} tok/s "
+              f"(x{row['queue_over_chunks']:.2f}); row slots doing work: lock-step {row['lock_step_utilisation']:.2f}, "
+              f"per batch {row['chunks_utilisation']:.2f}, refilled {row['queue_utilisation']:.2f}", flush=True)
   return rows
 
 

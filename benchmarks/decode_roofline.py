@@ -30,7 +30,7 @@ from dmax_jax import ModelConfig, abstract_variables, sharding  # noqa: E402
 from dmax_jax.decoding import DecodeOptions, cost  # noqa: E402
 from dmax_jax.decoding.cache import CACHE_AXES  # noqa: E402
 from dmax_jax.decoding.generate import block_step  # noqa: E402
-from dmax_jax.model import KVCacheView, variable_shardings  # noqa: E402
+from dmax_jax.model import LayerKV, variable_shardings  # noqa: E402
 
 CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "llada2_mini.json")
 PAPER_TOK_S, PAPER_TPF = 1338.0, 5.47  # DMax on two H200
@@ -51,7 +51,7 @@ def block_step_args(cfg: ModelConfig, batch: int, block: int, context: int, mesh
   else:
     cache_spec = PartitionSpec()
   kv_shape = (cfg.num_hidden_layers, batch, context, cfg.num_key_value_heads, cfg.head_dim)
-  cache = KVCacheView(sds(kv_shape, jnp.dtype(cfg.dtype), cache_spec), sds(kv_shape, jnp.dtype(cfg.dtype), cache_spec))
+  cache = LayerKV(sds(kv_shape, jnp.dtype(cfg.dtype), cache_spec), sds(kv_shape, jnp.dtype(cfg.dtype), cache_spec))
   return (variables, cache, sds((batch, block), jnp.int32), sds((batch, block, cfg.hidden_size), jnp.float32),
           sds((batch, block), jnp.bool_), sds((batch,), jnp.int32), sds((batch,), jnp.int32))
 

@@ -44,9 +44,10 @@ _REMAT_POLICIES = {
 }
 
 
-class KVCacheView(NamedTuple):
-  """Keys and values of earlier positions for every layer: each `[layers, batch, prefix, kv_heads, head_dim]`,
-  or with `scan_layers=False` a tuple of per-layer `[batch, prefix, kv_heads, head_dim]`."""
+class LayerKV(NamedTuple):
+  """Keys and values of every layer: each `[layers, batch, positions, kv_heads, head_dim]`, or with
+  `scan_layers=False` a tuple of per-layer `[batch, positions, kv_heads, head_dim]`; a model call's own keys and
+  values, a prefix it attends to, or the decoder's whole static cache."""
   k: jax.Array
   v: jax.Array
 
@@ -90,7 +91,7 @@ class LayerStack(nn.Module):
   is_moe: bool
 
   @nn.compact
-  def __call__(self, h_BxTxH, prefix: KVCacheView | None, cos_sin, bias):
+  def __call__(self, h_BxTxH, prefix: LayerKV | None, cos_sin, bias):
     cfg = self.config
     layer_cls = DecoderLayer
     if cfg.remat_policy != "none":
@@ -154,7 +155,7 @@ class Transformer(nn.Module):
                         preferred_element_type=jnp.float32)
     return nn.with_logical_constraint(logits, ("batch", "length", "act_vocab"))
 
-  def __call__(self, inputs_embeds_BxTxH, positions_BxT, bias, kv_prefix: KVCacheView | None = None,
+  def __call__(self, inputs_embeds_BxTxH, positions_BxT, bias, kv_prefix: LayerKV | None = None,
                return_hidden: bool = False):
     """
     Args:
@@ -164,7 +165,7 @@ class Transformer(nn.Module):
       kv_prefix: cached keys/values of earlier positions for all layers (dense layers first).
       return_hidden: return final-normed hidden states instead of logits.
     Returns:
-      `(logits [batch, seq, vocab] float32 | hidden [batch, seq, hidden], KVCacheView of this call's
+      `(logits [batch, seq, vocab] float32 | hidden [batch, seq, hidden], LayerKV of this call's
       keys/values [layers, batch, seq, kv_heads, head_dim])`.
     """
     cfg = self.config
@@ -175,13 +176,13 @@ class Transformer(nn.Module):
                           (getattr(self, "moe_layers", None), cfg.num_dense_layers, cfg.num_hidden_layers)):
       if stack is None:
         continue
-      prefix = None if kv_prefix is None else KVCacheView(kv_prefix.k[lo:hi], kv_prefix.v[lo:hi])
+      prefix = None if kv_prefix is None else LayerKV(kv_prefix.k[lo:hi], kv_prefix.v[lo:hi])
       h, (k, v) = stack(h, prefix, cos_sin, bias)
       new_k.append(k)
       new_v.append(v)
     h = self.final_norm(h)
     join = jnp.concatenate if cfg.scan_layers else (lambda per_stack: sum(per_stack, ()))
-    kv = KVCacheView(join(new_k), join(new_v))
+    kv = LayerKV(join(new_k), join(new_v))
     return (h if return_hidden else self.logits(h)), kv
 
 
@@ -244,7 +245,7 @@ def lm_head_weight(config: ModelConfig, variables: Variables) -> jax.Array:
 
 
 def apply_model(config: ModelConfig, variables: Variables, inputs_embeds_BxTxH, positions_BxT, bias,
-                kv_prefix: KVCacheView | None = None, return_hidden: bool = False):
+                kv_prefix: LayerKV | None = None, return_hidden: bool = False):
   """Pure functional model call (see `Transformer.__call__`)."""
   return Transformer(config).apply(variables, inputs_embeds_BxTxH, positions_BxT, bias, kv_prefix,
                                    return_hidden)

@@ -5,7 +5,7 @@ but Python's shuffle, not `datasets`', so the order differs).
 
 Prompts are JSONL rows with a `question` (the user message, in the chat template as DMax's trajectories) and
 optionally the record fields a task's scorer needs (`answer` for gsm8k / tiny) to keep only correct answers.
-Decoding is resumable (`responses*.jsonl` is appended per batch) and splits over hosts: shard i of N answers
+Decoding is resumable (`responses*.jsonl` is appended per decoding call of 8 batches) and splits over hosts: shard i of N answers
 prompts i, i+N, ... into its own file; `build_oput` merges the shards once all are complete.
 
 DMax does not publish the settings it decoded its trajectories with; the defaults here are the official
@@ -27,7 +27,8 @@ from tqdm import tqdm
 from dmax_jax.decoding import DecodeOptions, validate_prompts
 from dmax_jax.errors import InputError
 from dmax_jax.evaluation import sources
-from dmax_jax.evaluation.runner import Model, append_lines, check_resumed, check_same_run, decode_batch, read_samples
+from dmax_jax.evaluation.runner import (BATCHES_PER_CALL, Model, append_lines, check_resumed, check_same_run,
+                                       decode_batch, read_samples)
 from dmax_jax.evaluation.tasks import Task
 from dmax_jax.io import write_text_atomic
 from dmax_jax.tokenization import chat_ids
@@ -72,8 +73,8 @@ def decode_shard(model: Model, records: Sequence[dict[str, Any]], options: Decod
   kept = sum(s["kept"] for s in done.values())
   with tqdm(total=len(range(index, len(records), count)), initial=len(done), desc=f"trajectories {index}/{count}",
             unit="prompt", disable=not progress) as bar:
-    for start in range(0, len(pending), batch_size):
-      ids = pending[start:start + batch_size]
+    for start in range(0, len(pending), batch_size * BATCHES_PER_CALL):
+      ids = pending[start:start + batch_size * BATCHES_PER_CALL]
       rows, _, _ = decode_batch(model, [prompts[i] for i in ids], options, batch_size, ids)
       lines = []
       for i, row in zip(ids, rows):

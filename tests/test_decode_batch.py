@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dmax_jax import sharding
-from dmax_jax.decoding import DecodeOptions, generate, pad_prompts, unpack
+from dmax_jax.decoding import DecodeOptions, decode_padded, generate, pad_prompts, unpack
 from dmax_jax.decoding.generate import _generate, decoder_call, row_keys
 from dmax_jax.decoding.reference import reference_output
 from dmax_jax.model import variable_shardings
@@ -63,6 +63,45 @@ def test_sampling_follows_row_keys(tiny_model, prompts):
   assert [r.generated for r in got] != [r.generated for r in greedy]
 
 
+def _list_schedule(work, slots):
+  """Batch forwards needed when prompt i takes `work[i]` forwards, in order, each starting as soon as a row is
+  free and no row waiting for another."""
+  free_at = [0] * slots
+  for w in work:
+    free_at[free_at.index(min(free_at))] += w
+  return max(free_at)
+
+
+def _assert_same_steps(got, want):
+  """Same steps, tokens and decisions; confidences equal up to float32 rounding (a batch's matmuls round
+  differently from a single row's, in the lock-step decoder too)."""
+  assert [{k: v for k, v in s.items() if k != "max_prob"} for s in got] == \
+      [{k: v for k, v in s.items() if k != "max_prob"} for s in want]
+  np.testing.assert_allclose([s["max_prob"] for s in got], [s["max_prob"] for s in want], atol=1e-4)
+
+
+@pytest.mark.parametrize("mode, batch_size, temperature, start_fraction", [
+    ("spd", 4, 0.0, 0.0), ("spd", 3, 0.0, 0.0), ("threshold", 2, 0.0, 0.0), ("spd", 1, 0.0, 0.0),
+    ("spd", 3, 0.8, 0.0), ("spd", 4, 0.0, 0.5), ("threshold", 3, 0.0, 1.0)])
+def test_rows_move_on_alone_and_refill(tiny_model, prompts, mode, batch_size, temperature, start_fraction):
+  cfg, variables = tiny_model
+  options = _options(mode, trace=True, temperature=temperature)
+  ids, lens = pad_prompts(prompts, 32)
+  out = decode_padded(cfg, variables, ids, lens, options, row_keys(5, len(prompts)), batch_size=batch_size,
+                      start_fraction=start_fraction)
+  got = unpack(cfg, out, lens, options)
+  for prompt, row, key in zip(prompts, got, row_keys(5, len(prompts))):
+    alone = generate(cfg, variables, [prompt], options, keys=key[None], prompt_width=32)[0]
+    assert _fields(row) == _fields(alone)
+    _assert_same_steps(row.trace, alone.trace)
+  work = [r.nfe - options.rule(cfg).counts_prefill for r in got]
+  assert len(set(work)) > 1
+  if start_fraction == 0:  # no row waits for another
+    assert int(out.batch_forwards) == _list_schedule(work, batch_size)
+  else:  # rows wait to start blocks together
+    assert int(out.batch_forwards) > _list_schedule(work, batch_size)
+
+
 def _primitives(jaxpr):
   for eqn in jaxpr.eqns:
     yield eqn.primitive.name, eqn
@@ -79,9 +118,8 @@ def test_generation_is_one_program(tiny_model, prompts):
   names = [name for name, _ in _primitives(jaxpr)]
   assert not [n for n in names if "callback" in n or n in ("infeed", "outfeed")]
   (program,) = [eqn.params["jaxpr"].jaxpr for eqn in jaxpr.eqns if eqn.primitive.name == "jit"]
-  outer = [eqn for eqn in program.eqns if eqn.primitive.name == "while"]
-  assert len(outer) == 1  # blocks: the only top-level loop
-  assert "while" in [name for name, _ in _primitives(outer[0].params["body_jaxpr"].jaxpr)]  # steps
+  _, ticks = [eqn for eqn in program.eqns if eqn.primitive.name == "while"]  # the batch filled, then ticks
+  assert "cond" in [name for name, _ in _primitives(ticks.params["body_jaxpr"].jaxpr)]  # two-block or block forward
 
   generate(cfg, variables, prompts, options)
   compiled = _generate._cache_size()

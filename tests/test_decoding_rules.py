@@ -9,6 +9,7 @@ import pytest
 
 from dmax_jax.decoding import cache, rules
 from dmax_jax.layers.rope import apply_partial_rope, rope_angles
+from dmax_jax.model import LayerKV
 
 M = 9  # the mask id of these tests
 MIN = float(jnp.finfo(jnp.float32).min)
@@ -111,6 +112,20 @@ def test_take_rows_and_put_rows_use_each_rows_offset():
   assert out.tolist() == [[-1, -2, 2, 3, 4, 5], [6, 7, 8, -3, -4, 11]]
 
 
+def test_cache_writes_only_the_chosen_rows_and_one_row_from_a_batch_of_one():
+  zeros = jnp.zeros((2, 2, 5, 1, 1))  # [layers, batch, positions, kv_heads, head_dim]
+  kv = LayerKV(jnp.arange(1, 9.).reshape(2, 2, 2, 1, 1), -jnp.arange(1, 9.).reshape(2, 2, 2, 1, 1))
+  out = cache.write(LayerKV(zeros, zeros), kv, jnp.array([1, 3]), rows_B=jnp.array([False, True]))
+  assert out.k[..., 0, 0].tolist() == [[[0, 0, 0, 0, 0], [0, 0, 0, 3, 4]], [[0, 0, 0, 0, 0], [0, 0, 0, 7, 8]]]
+  assert out.v[1, 1, :, 0, 0].tolist() == [0, 0, 0, -7, -8]
+  per_layer = LayerKV((jnp.zeros((2, 3, 1, 1)),) * 2, (jnp.zeros((2, 3, 1, 1)),) * 2)  # scan_layers=False
+  one = LayerKV((jnp.full((1, 2, 1, 1), 5.),) * 2, (jnp.full((1, 2, 1, 1), 6.),) * 2)
+  out = cache.write_row(per_layer, one, 1)
+  assert [layer[..., 0, 0].tolist() for layer in out.k] == [[[0, 0, 0], [5, 5, 0]]] * 2
+  stacked = cache.write_row(LayerKV(zeros, zeros), LayerKV(jnp.ones((2, 1, 2, 1, 1)), jnp.ones((2, 1, 2, 1, 1))), 0)
+  assert stacked.v[:, :, :, 0, 0].sum(-1).tolist() == [[2, 0], [2, 0]]
+
+
 def test_partial_rope_rotates_pairs_and_passes_the_rest():
   x = jnp.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).reshape(1, 1, 1, 6)  # head_dim 6, rotary_dim 4
   cos, sin = rope_angles(jnp.array([[0]]), 4, 10000.0)
@@ -139,6 +154,25 @@ def test_soft_parallel_rule_update_stop_and_answer():
   ids, tokens = rule.answer(np.array([7, 8, eos, 9, eos, eos]), eos, gen_length=6)
   assert ids.tolist() == [7, 8] and tokens == 3  # dInfer counts every non-EOS token, even after the first EOS
   assert rule.response(np.array([7, 8, eos, 9, eos, eos]), eos, gen_length=6).tolist() == [7, 8, 9]  # dInfer's text
+
+
+def test_rules_take_each_rows_own_step():
+  x, active = jnp.array([[M, M, M]] * 2), jnp.ones((2, 3), bool)
+  step_B = jnp.array([1, 3])  # quota 2 for row 0, 1 for row 1 (KNOBS.quota)
+  update = rules.Threshold(max_steps=3, mask_id=M).update(x, active, jnp.array([[1, 2, 3]] * 2),
+                                                          jnp.array([[.2, .4, .3]] * 2), step_B, KNOBS)
+  assert update.tokens.tolist() == [[M, 2, 3], [M, 2, M]]
+  assert update.stop.tolist() == [rules.NOT_STOPPED, rules.BLOCK_DONE]  # row 1 reached max_steps
+  spd = rules.SoftParallel(max_steps=3, mask_id=M)
+  update = spd.update(x, active, jnp.array([[1, 2, 3]] * 2), jnp.array([[.9, .1, .1]] * 2), step_B, KNOBS)
+  assert update.stop.tolist() == [rules.NOT_STOPPED, rules.MAX_STEPS]
+  table = jnp.arange(1., 7.).reshape(6, 1) * jnp.array([[1., 0.]]) + jnp.array([[0., 1.]])
+  embed = lambda ids: table[jnp.minimum(ids, 5)]
+  prev = jnp.full((2, 3, 2), 7.)
+  first_B = jnp.array([True, False])  # row 0: first step of its block resets its hard positions
+  emb = spd.next_inputs(embed, prev, update, active & jnp.array([[True, False, True]]), jnp.full((2, 3), .9),
+                        table[5], first_B)
+  np.testing.assert_array_equal(emb[:, 1], [embed(update.tokens)[0, 1], prev[1, 1]])
 
 
 def test_threshold_rule_commits_quota_never_revises_and_ends_without_masks():

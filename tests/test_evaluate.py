@@ -60,7 +60,7 @@ def test_tiny_task_matches_decode_py(tiny_run, tmp_path):
   records = tasks.get_task("tiny").records()[:8]
   batch = tmp_path / "prompts.txt"
   batch.write_text("".join(r["question"] + "\n" for r in records))
-  decoded = _decode_json("--batch-file", str(batch), "--gen-length", GEN, "--threshold", "0.5")
+  decoded = _decode_json("--batch-file", str(batch), "--batch-size", "3", "--gen-length", GEN, "--threshold", "0.5")
   tok = load_tokenizer(CKPT)
   assert [s["nfe"] for s in samples] == decoded["nfe"]
   assert [s["response"] for s in samples] == [tok.decode(_without_eos(g), skip_special_tokens=True)

@@ -23,7 +23,7 @@ import os
 import time
 
 from dmax_jax.cli.decoding_flags import add_decoding_flags, decode_options, mesh_from_flag
-from dmax_jax.cli.policy import Parser, command, nonnegative_int, warn
+from dmax_jax.cli.policy import Parser, command, nonnegative_int, positive_int, warn
 from dmax_jax.errors import InputError
 
 # The checkpoint used when --ckpt is omitted, and the user message decoded when no prompt is given with it:
@@ -45,10 +45,13 @@ def parse_args(argv):
   src.add_argument("--prompt", help="a user message, wrapped in the checkpoint tokenizer's chat template "
                                     "(default with the default checkpoint: a sample word problem)")
   src.add_argument("--prompt-ids", help="comma-separated prompt token ids, used as they are (no template)")
-  src.add_argument("--batch-file", help="one prompt per line, decoded together as one batch; a line of "
-                                        "comma-separated integers is token ids, any other line a chat message")
+  src.add_argument("--batch-file", help="one prompt per line, decoded in one call; a line of comma-separated "
+                                        "integers is token ids, any other line a chat message")
   add_decoding_flags(p)
-  p.add_argument("--seed", type=nonnegative_int, default=0, help="sampling seed; row i of a batch uses fold_in(seed, i)")
+  p.add_argument("--batch-size", type=positive_int,
+                 help="with --batch-file: rows decoded at once, a row that finishes taking the next prompt "
+                      "(default: every prompt at once); answers do not depend on it")
+  p.add_argument("--seed", type=nonnegative_int, default=0, help="sampling seed; prompt i uses fold_in(seed, i)")
   p.add_argument("--json", action="store_true",
                  help="print one JSON object as the last stdout line: ids, text, nfe, tpf, num_tokens, "
                       "stopped_by_eos and timings (per-row lists for --batch-file)")
@@ -136,7 +139,7 @@ def main(argv) -> int:
 
   width = prompt_bucket(max(len(p) for p in prompts), options.block_length)
   ids, lens = pad_prompts(prompts, width)
-  fn, call_args = decoder_call(cfg, variables, ids, lens, options, row_keys(args.seed, len(prompts)))
+  fn, call_args = decoder_call(cfg, variables, ids, lens, options, row_keys(args.seed, len(prompts)), args.batch_size)
   compiled_before = compile_seconds()
   t0 = time.perf_counter()
   with sharding.use_mesh(mesh) if mesh is not None else contextlib.nullcontext():

@@ -2,7 +2,7 @@
 lenient one, tokens per forward (TPF) and throughput.
 
 Writes OUTPUT/samples.jsonl (prompt, response, extracted answer, scores, NFE, generated tokens, seconds per
-sample; appended per batch, so a killed run resumes where it stopped), OUTPUT/results.json and
+sample; appended after each decoding call of 8 batches, so a killed run resumes where it stopped), OUTPUT/results.json and
 OUTPUT/results.md. Defaults follow DMax's evaluation: zero-shot with the chat template, greedy, block 32,
 2048 generated tokens, SPD threshold 0.5 (math) / 0.65 (code), batch 1.
 
@@ -39,7 +39,8 @@ def parse_args(argv):
                                 ".parquet or a directory of .json records) instead of the public source")
   p.add_argument("--limit", type=positive_int, help="evaluate the first N records only (default: all)")
   p.add_argument("--batch-size", type=positive_int, default=1,
-                 help="prompts per compiled decoding call; results equal batch 1 (default 1, as the paper)")
+                 help="rows decoded at once, a row that finishes taking the next prompt; results equal batch 1 "
+                      "(default 1, as the paper)")
   p.add_argument("--output", help="output directory (default runs/eval/<task>-<mode>-<threshold>); rerunning "
                                   "with the same settings resumes, with other settings is refused")
   p.add_argument("--seed", type=nonnegative_int, default=0,

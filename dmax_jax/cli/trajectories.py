@@ -4,7 +4,7 @@ as `data.train_path`.
 
 A kept answer ended with EOS and, with --verify TASK, is correct under that task's strict scorer (the prompt
 rows then need the task's reference fields too, e.g. `answer` for gsm8k). Decoding appends to
-OUTPUT/responses-<i>-of-<N>.jsonl per batch: a rerun resumes. On several hosts, run shard i of N on each
+OUTPUT/responses-<i>-of-<N>.jsonl after each decoding call of 8 batches: a rerun resumes. On several hosts, run shard i of N on each
 (--shard-index/--num-shards, default: this JAX process's index and count), then once with --build-only.
 
 Examples (`python -m dmax_jax.trajectories` = `dmax-trajectories`):
@@ -33,7 +33,7 @@ def parse_args(argv):
   p.add_argument("--output", required=True, help="directory for the response shards and oput.jsonl")
   p.add_argument("--verify", choices=NAMES, help="keep only answers this task's strict scorer accepts")
   p.add_argument("--limit", type=positive_int, help="the first N prompts only (default: all)")
-  p.add_argument("--batch-size", type=positive_int, default=8, help="prompts per compiled decoding call (default 8)")
+  p.add_argument("--batch-size", type=positive_int, default=8, help="rows decoded at once (default 8); a row that finishes takes the next prompt")
   p.add_argument("--shard-index", type=nonnegative_int, help="this host's shard (default: jax.process_index())")
   p.add_argument("--num-shards", type=positive_int, help="number of shards (default: jax.process_count())")
   p.add_argument("--build-only", action="store_true", help="only merge the finished shards into oput.jsonl")

@@ -13,27 +13,27 @@ import jax.numpy as jnp
 
 from dmax_jax.config import ModelConfig
 from dmax_jax.layers.attention import mask_to_bias
-from dmax_jax.model import KVCacheView
+from dmax_jax.model import LayerKV
 
 CACHE_AXES = ("layers", "batch", "cache_length", "act_kv_heads", "head_dim")
 
 
-def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> KVCacheView:
+def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> LayerKV:
   """Zero cache in the compute dtype, in the layer layout of `cfg.scan_layers`."""
   layer_shape = (batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
   if cfg.scan_layers:
     zeros = jnp.zeros((cfg.num_hidden_layers,) + layer_shape, jnp.dtype(cfg.dtype))
-    return constrain(KVCacheView(zeros, zeros))
+    return constrain(LayerKV(zeros, zeros))
   zeros = tuple(jnp.zeros(layer_shape, jnp.dtype(cfg.dtype)) for _ in range(cfg.num_hidden_layers))
-  return constrain(KVCacheView(zeros, zeros))
+  return constrain(LayerKV(zeros, zeros))
 
 
-def constrain(cache: KVCacheView) -> KVCacheView:
+def constrain(cache: LayerKV) -> LayerKV:
   """Shards the cache by the logical-axis rules (no-op outside `sharding.use_mesh`)."""
   return jax.tree.map(lambda c: nn.with_logical_constraint(c, CACHE_AXES[-c.ndim:]), cache)
 
 
-def length(cache: KVCacheView) -> int:
+def length(cache: LayerKV) -> int:
   """Positions the cache holds (`max_len`)."""
   return jax.tree.leaves(cache.k)[0].shape[-3]
 
@@ -49,14 +49,29 @@ def put_rows(x_BxSx: jax.Array, update_BxTx: jax.Array, start_B: jax.Array) -> j
       x_BxSx, update_BxTx, start_B)
 
 
-def write(cache: KVCacheView, kv: KVCacheView, start_B: jax.Array) -> KVCacheView:
+def write(cache: LayerKV, kv: LayerKV, start_B: jax.Array, rows_B: jax.Array | None = None) -> LayerKV:
   """Stores this call's keys/values (`[layers, batch, T, ...]` or per-layer tuples, as the cache) at
-  positions `start[b]..` of each row."""
+  positions `start[b]..` of each row (of the rows where `rows_B` is True, when given)."""
+  def put_layer(c_BxSx, new_BxTx):
+    if rows_B is not None:
+      old = take_rows(c_BxSx, start_B, new_BxTx.shape[1])
+      new_BxTx = jnp.where(rows_B.reshape((-1,) + (1,) * (old.ndim - 1)), new_BxTx, old)
+    return put_rows(c_BxSx, new_BxTx, start_B)
+
   if isinstance(cache.k, tuple):
-    put = lambda c, new: tuple(put_rows(c_l, n_l, start_B) for c_l, n_l in zip(c, new))
+    put = lambda c, new: tuple(put_layer(c_l, n_l) for c_l, n_l in zip(c, new))
   else:
-    put = lambda c, new: jax.vmap(put_rows, in_axes=(0, 0, None))(c, new, start_B)  # over layers
-  return constrain(KVCacheView(put(cache.k, kv.k), put(cache.v, kv.v)))
+    put = jax.vmap(put_layer)  # over layers
+  return constrain(LayerKV(put(cache.k, kv.k), put(cache.v, kv.v)))
+
+
+def write_row(cache: LayerKV, kv: LayerKV, row) -> LayerKV:
+  """Stores one row's keys/values (batch 1, positions `0..T-1`, layout as the cache) into row `row`."""
+  if isinstance(cache.k, tuple):
+    put = lambda c, new: tuple(jax.lax.dynamic_update_slice_in_dim(c_l, n_l, row, axis=0) for c_l, n_l in zip(c, new))
+  else:
+    put = lambda c, new: jax.lax.dynamic_update_slice_in_dim(c, new, row, axis=1)
+  return constrain(LayerKV(put(cache.k, kv.k), put(cache.v, kv.v)))
 
 
 def attention_bias(cache_len: int, start_B: jax.Array, keep_new_TxT: jax.Array) -> jax.Array:

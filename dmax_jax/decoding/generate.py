@@ -1,15 +1,17 @@
-"""The compiled decoder: a whole generation (every block, every step, the KV cache and the stopping
-rules) is one jitted program of two nested `lax.while_loop`s (blocks outer, steps inner).
+"""The compiled decoder: a whole generation (every prompt, block and step, the KV cache and the stopping rules)
+is one jitted program, a `lax.while_loop` whose iteration (a tick) is one forward of the batch.
 
-Layout (LLaDA2.0 / DMax): row b holds its prompt at positions `0..P_b-1`, mask ids after it; blocks of
-`block_length` are aligned at multiples of it from position 0, so rows of different prompt lengths sit
-at different block positions; all rows advance one block per outer iteration. Blocks wholly inside the
-prompt are prefilled once into a static cache `[layers, batch, max_len, kv_heads, head_dim]`. The first
-forward of block k runs the final hard tokens of block k-1 together with block k (2 x block_length
-positions) and writes both into the cache (block k-1 final, block k provisional); later steps of the
-block forward only block k against the cache, whose entries at or beyond the block are masked out.
-A row whose block is finished waits (frozen, not counted) until every row of the batch has finished
-that block; a row that is done (EOS or last block) stops counting forwards.
+Layout (LLaDA2.0 / DMax): a prompt of length P sits at positions `0..P-1`, mask ids after it; blocks of
+`block_length` are aligned at multiples of it from position 0, so rows of different prompt lengths sit at
+different block positions. The batch is a set of slots over a queue of prompts: a slot prefills its prompt's
+blocks that lie wholly inside the prompt into its row of the static cache `[layers, batch, max_len, kv_heads,
+head_dim]` (a batch-1 forward), then decodes block after block, each row at its own block and step. The first
+forward of block k runs the final hard tokens of block k-1 together with block k (2 x block_length positions)
+and writes both into the cache (block k-1 final, block k provisional); later steps forward only block k against
+the cache, whose entries at or beyond the block are masked out. A tick where some row starts a block is a
+two-block forward for the whole batch (the other rows run their block and an unused one, and write nothing);
+otherwise it is a one-block forward. A row that finishes (EOS or its last block) writes its result and frees its
+slot for the next queued prompt.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dmax_jax.config import ModelConfig
 from dmax_jax.decoding import cache as kv_cache
 from dmax_jax.decoding import rules
 from dmax_jax.decoding.options import DecodeOptions, total_length, transfer_schedule
-from dmax_jax.model import KVCacheView, apply_model, embed_tokens, lm_head
+from dmax_jax.model import LayerKV, apply_model, embed_tokens, lm_head
 
 
 @struct.dataclass
@@ -46,65 +48,85 @@ class Trace:
 
 @struct.dataclass
 class DecodeOutput:
-  """tokens `[batch, max_len]` (the whole sequence, prompt included), nfe `[batch]` forwards per row,
-  stopped_by_eos `[batch]`, trace (or None)."""
+  """Per prompt: tokens `[prompts, max_len]` (the whole sequence, prompt included), nfe `[prompts]` forwards,
+  stopped_by_eos `[prompts]`, trace (or None); batch_forwards: forwards of the whole batch (int32 scalar, the
+  prefills not counted; None from the eager reference)."""
   tokens: jax.Array
   nfe: jax.Array
   stopped_by_eos: jax.Array
   trace: Trace | None = None
+  batch_forwards: jax.Array | None = None
+
+
+START_FRACTION = 0.5
+"""Default `decode_padded(start_fraction=...)`. On a CPU a two-block forward costs about two block forwards, so
+starting blocks together pays; 0.5 was within 6% of the best of 0, 0.25, 0.5, 0.75 and 1 on DMax-tiny's mixed
+batch at batch 8 and 64 (`benchmarks/decode_bench.py --mixed-batch`)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Static:
   """What the compiled program depends on (hashable): the rule (which holds the mask id), lengths, sampling,
-  tracing, the EOS id."""
+  tracing, the EOS id, the batch size."""
   rule: rules.DecodingRule
   block_length: int
   gen_length: int
   sample: bool
   trace: bool
   eos_id: int
+  slots: int  # rows decoded at once (the batch); more prompts wait in a queue
+  start_fraction: float = START_FRACTION  # see decode_padded
 
 
 @struct.dataclass
 class Layout:
-  """Per-row block layout of a generation, `[batch]` int32: blocks are aligned at multiples of the block
-  length from position 0; a row decodes blocks `first_block .. num_blocks - 1`."""
+  """Per-prompt block layout, int32 `[W]`: blocks are aligned at multiples of the block length from
+  position 0; a prompt decodes blocks `first_block .. num_blocks - 1`."""
   prompt_lens: jax.Array
   first_block: jax.Array
   num_blocks: jax.Array
 
 
 @struct.dataclass
+class Queue:
+  """The prompts of a run, `[W]` rows: sequences `[W, max_len]` (prompt, then mask ids), layouts, sampling keys."""
+  tokens: jax.Array
+  layout: Layout
+  keys: jax.Array
+
+
+@struct.dataclass
 class Inputs:
-  """Traced inputs every step reads: the rule's knobs, sampling keys `[batch]`, E[mask] `[hidden]` f32."""
+  """Traced inputs every step reads: the rule's knobs, the temperature, E[mask] `[hidden]` f32."""
   knobs: rules.Knobs
   temperature: jax.Array
-  keys: jax.Array
   mask_emb: jax.Array
 
 
 @struct.dataclass
-class BlockState:
-  """The inner loop's carry: refinement of each row's current block."""
-  step: jax.Array     # int32 scalar: steps taken in this block
-  x: jax.Array        # int32 [batch, block]: the block's tokens
-  emb: jax.Array      # f32 [batch, block, hidden]: input embeddings of the next step
-  done: jax.Array     # bool [batch]: the row's block is finished (or the row is done)
-  nfe: jax.Array      # int32 [batch]: forwards so far
-  trace: Trace | None
+class Slots:
+  """The batch: each slot decodes one queued prompt at a time, at its own block and step; `[batch]` unless
+  noted."""
+  row: jax.Array       # int32: the queued prompt the slot holds
+  live: jax.Array      # bool: that prompt is unfinished
+  block: jax.Array     # int32: absolute index of its current block
+  step: jax.Array      # int32: steps taken in the current block
+  starting: jax.Array  # bool: the next forward is the block's first (the previous block and this one)
+  tokens: jax.Array    # int32 [batch, max_len]: the sequence, blocks committed so far
+  x: jax.Array         # int32 [batch, block]: the current block's tokens
+  emb: jax.Array       # f32 [batch, block, hidden]: its input embeddings for the next step
+  active: jax.Array    # bool [batch, block]: its positions that started masked
+  nfe: jax.Array       # int32: forwards so far
+  eos: jax.Array       # bool: EOS generated
 
 
 @struct.dataclass
 class RunState:
-  """The outer loop's carry: one iteration per block."""
-  it: jax.Array       # int32 scalar: block iteration
-  tokens: jax.Array   # int32 [batch, max_len]
-  cache: KVCacheView  # [layers, batch, max_len, kv_heads, head_dim] (or per-layer tuples)
-  done: jax.Array     # bool [batch]: EOS generated or last block decoded
-  eos: jax.Array      # bool [batch]
-  nfe: jax.Array      # int32 [batch]
-  trace: Trace | None
+  """The loop's carry: one iteration (tick) is one forward of the whole batch."""
+  slots: Slots
+  cache: LayerKV  # [layers, batch, max_len, kv_heads, head_dim] (or per-layer tuples)
+  next_row: jax.Array  # int32 scalar: the next queued prompt to start
+  out: DecodeOutput   # [W] rows, each written when its prompt finishes
 
 
 def max_length(prompt_width: int, options: DecodeOptions) -> int:
@@ -114,7 +136,7 @@ def max_length(prompt_width: int, options: DecodeOptions) -> int:
 
 
 def max_block_iterations(options: DecodeOptions) -> int:
-  """Outer-loop bound: a row decodes ceil(G/B) or ceil(G/B) + 1 blocks (partial prompt block)."""
+  """Blocks a prompt decodes at most: ceil(G/B) or ceil(G/B) + 1 (partial prompt block)."""
   return -(-options.gen_length // options.block_length) + 1
 
 
@@ -122,166 +144,228 @@ def _embed(cfg, variables, ids):
   return embed_tokens(cfg, variables, ids).astype(jnp.float32)
 
 
-def _empty_trace(iters, steps, batch, block) -> Trace:
-  z = lambda dtype, *tail: jnp.zeros((iters, steps, batch) + tail, dtype)
-  return Trace(taken=z(bool), block=jnp.zeros((iters, batch), jnp.int32),
+def _empty_trace(iters, steps, rows, block) -> Trace:
+  z = lambda dtype, *tail: jnp.zeros((iters, steps, rows) + tail, dtype)
+  return Trace(taken=z(bool), block=jnp.zeros((iters, rows), jnp.int32),
                tokens_before=z(jnp.int32, block), tokens_after=z(jnp.int32, block), argmax=z(jnp.int32, block),
                max_prob=z(jnp.float32, block), decoded=z(bool, block), changed=z(bool, block),
                stop=z(jnp.int32))
 
 
-def _inputs(cfg: ModelConfig, st: Static, variables, threshold, converge_threshold, temperature, keys_B) -> Inputs:
+def _inputs(cfg: ModelConfig, st: Static, variables, threshold, converge_threshold, temperature) -> Inputs:
   quota = jnp.asarray(transfer_schedule(st.block_length, st.rule.max_steps))
   mask_emb = _embed(cfg, variables, jnp.full((1, 1), st.rule.mask_id))[0, 0]
   return Inputs(knobs=rules.Knobs(threshold=threshold, converge_threshold=converge_threshold, quota=quota),
-                temperature=temperature, keys=keys_B, mask_emb=mask_emb)
+                temperature=temperature, mask_emb=mask_emb)
 
 
-def _forward_block(cfg: ModelConfig, variables, emb_BxTxH, start_B, cache) -> jax.Array:
-  """Logits `[batch, block, vocab]` of each row's block at `start[b]`, attending to the cache below it."""
-  blk_len, seq_len = emb_BxTxH.shape[1], kv_cache.length(cache)
-  bias = kv_cache.attention_bias(seq_len, start_B, jnp.ones((blk_len, blk_len), bool))
-  logits, _ = apply_model(cfg, variables, emb_BxTxH, start_B[:, None] + jnp.arange(blk_len)[None, :], bias,
-                          kv_prefix=cache)
-  return logits
+def _queue(st: Static, prompt_ids_WxP, prompt_lens_W, keys_W, seq_len: int) -> Queue:
+  width = prompt_ids_WxP.shape[1]
+  lens = prompt_lens_W.astype(jnp.int32)
+  layout = Layout(prompt_lens=lens, first_block=lens // st.block_length,
+                  num_blocks=total_length(lens, st.gen_length, st.block_length) // st.block_length)
+  padded = jnp.pad(prompt_ids_WxP.astype(jnp.int32), ((0, 0), (0, seq_len - width)))
+  tokens = jnp.where(jnp.arange(seq_len)[None] < lens[:, None], padded, st.rule.mask_id)
+  return Queue(tokens=tokens, layout=layout, keys=keys_W)
 
 
-def _record(trace: Trace, it, step, live_B, x_BxT, update: rules.Update, x0_BxT, p_BxT) -> Trace:
-  """Writes one step of the rows that ran it into the trace."""
-  def at(buf, v):
-    return buf.at[it, step].set(jnp.where(live_B.reshape(live_B.shape + (1,) * (v.ndim - 1)), v, buf[it, step]))
-  return trace.replace(taken=trace.taken.at[it, step].set(live_B), tokens_before=at(trace.tokens_before, x_BxT),
-                       tokens_after=at(trace.tokens_after, update.tokens), argmax=at(trace.argmax, x0_BxT),
-                       max_prob=at(trace.max_prob, p_BxT), decoded=at(trace.decoded, update.decoded),
-                       changed=at(trace.changed, update.changed), stop=at(trace.stop, update.stop))
+def _empty_slots(batch: int, seq_len: int, blk_len: int, hidden: int) -> Slots:
+  zeros = lambda dtype, *shape: jnp.zeros((batch,) + shape, dtype)
+  return Slots(row=zeros(jnp.int32), live=zeros(bool), block=zeros(jnp.int32), step=zeros(jnp.int32),
+               starting=zeros(bool), tokens=zeros(jnp.int32, seq_len), x=zeros(jnp.int32, blk_len),
+               emb=zeros(jnp.float32, blk_len, hidden), active=zeros(bool, blk_len), nfe=zeros(jnp.int32),
+               eos=zeros(bool))
 
 
-def _refine(cfg: ModelConfig, st: Static, variables, inputs: Inputs, blk: BlockState, logits_BxTxV, active_BxT,
-            it, first: bool) -> BlockState:
-  """One refinement step (of block iteration `it`) for the rows still working on their block."""
-  live = ~blk.done
-  noise = jax.vmap(jax.random.fold_in)(inputs.keys, blk.nfe) if st.sample else None
-  x0, p = rules.pick_tokens(logits_BxTxV, inputs.temperature, noise)
-  update = st.rule.update(blk.x, active_BxT, x0, p, blk.step + 1, inputs.knobs)
-  emb = st.rule.next_inputs(lambda ids: _embed(cfg, variables, ids), blk.emb, update, active_BxT, p,
-                            inputs.mask_emb, first)
-  trace = None if blk.trace is None else _record(blk.trace, it, blk.step, live, blk.x, update, x0, p)
-  return BlockState(step=blk.step + 1, x=jnp.where(live[:, None], update.tokens, blk.x),
-                    emb=jnp.where(live[:, None, None], emb, blk.emb), done=blk.done | (update.stop != 0),
-                    nfe=blk.nfe + live, trace=trace)
-
-
-def _prefill(cfg: ModelConfig, variables, tokens_BxS, width: int, blk_len: int, cache):
-  """Writes the blocks wholly inside the (padded) prompt into the cache; stale entries beyond a row's
-  prompt are never read."""
+def _prefill_row(cfg: ModelConfig, variables, tokens_S, width: int, blk_len: int, cache, slot):
+  """Writes the blocks wholly inside the (padded) prompt of one sequence into row `slot` of the cache, as a
+  batch-1 forward (so a row's prefill is the same computation in any batch); stale entries beyond the prompt
+  are never read."""
   prefill_len = (width // blk_len) * blk_len
   if not prefill_len:
     return cache
-  batch = tokens_BxS.shape[0]
   block_ids = jnp.arange(prefill_len) // blk_len
-  pre_ids = tokens_BxS[:, :prefill_len]
-  bias = kv_cache.attention_bias(0, jnp.zeros((batch,), jnp.int32), block_ids[None, :] <= block_ids[:, None])
-  _, kv = apply_model(cfg, variables, embed_tokens(cfg, variables, pre_ids),
-                      jnp.broadcast_to(jnp.arange(prefill_len), pre_ids.shape), bias, return_hidden=True)
-  return kv_cache.write(cache, kv, jnp.zeros((batch,), jnp.int32))
+  pre_ids = tokens_S[None, :prefill_len]
+  bias = kv_cache.attention_bias(0, jnp.zeros((1,), jnp.int32), block_ids[None, :] <= block_ids[:, None])
+  _, kv = apply_model(cfg, variables, embed_tokens(cfg, variables, pre_ids), jnp.arange(prefill_len)[None], bias,
+                      return_hidden=True)
+  return kv_cache.write_row(cache, kv, slot)
 
 
-def _first_forward(cfg: ModelConfig, variables, run: RunState, start_B, blk_len: int):
-  """The block's first forward: the previous block (final hard tokens) and this block together, both written
-  into the cache. Returns (logits `[batch, block, vocab]` of this block, the cache)."""
-  win_start = jnp.maximum(start_B - blk_len, 0)
-  win_ids = kv_cache.take_rows(run.tokens, win_start, 2 * blk_len)
-  win_blocks = jnp.arange(2 * blk_len) // blk_len
-  bias = kv_cache.attention_bias(kv_cache.length(run.cache), win_start, win_blocks[None, :] <= win_blocks[:, None])
-  hidden, kv = apply_model(cfg, variables, embed_tokens(cfg, variables, win_ids),
-                           win_start[:, None] + jnp.arange(2 * blk_len)[None, :], bias, kv_prefix=run.cache,
-                           return_hidden=True)
-  logits = lm_head(cfg, variables, kv_cache.take_rows(hidden, start_B - win_start, blk_len))
-  return logits, kv_cache.write(run.cache, kv, win_start)
+def _start_next(cfg: ModelConfig, st: Static, variables, queue: Queue, width: int, run: RunState) -> RunState:
+  """Starts the next queued prompt in the first free slot: its prefill, then its first block."""
+  slot, row = jnp.argmin(run.slots.live), run.next_row
+  s = run.slots
+  cache = _prefill_row(cfg, variables, queue.tokens[row], width, st.block_length, run.cache, slot)
+  slots = s.replace(row=s.row.at[slot].set(row), live=s.live.at[slot].set(True),
+                    block=s.block.at[slot].set(queue.layout.first_block[row]), step=s.step.at[slot].set(0),
+                    starting=s.starting.at[slot].set(True), tokens=s.tokens.at[slot].set(queue.tokens[row]),
+                    nfe=s.nfe.at[slot].set(int(st.rule.counts_prefill)), eos=s.eos.at[slot].set(False))
+  return run.replace(slots=slots, cache=cache, next_row=row + 1)
 
 
-def _end_block(st: Static, layout: Layout, run: RunState, blk: BlockState, start_B, x_BxT, cache) -> RunState:
-  """Commits each live row's block, notes EOS (and fills after it when the rule says so), ends finished rows."""
-  live = ~run.done
+def _refill(cfg: ModelConfig, st: Static, variables, queue: Queue, width: int, run: RunState) -> RunState:
+  """Fills free slots from the queue (continuous batching)."""
+  has_work = lambda r: (~r.slots.live).any() & (r.next_row < queue.tokens.shape[0])
+  return jax.lax.while_loop(has_work, functools.partial(_start_next, cfg, st, variables, queue, width), run)
+
+
+def _window_forward(cfg: ModelConfig, st: Static, variables, slots: Slots, cache):
+  """A forward of two blocks per row, for ticks where some row starts a block: a starting row runs its previous
+  block (final hard tokens, to be cached) and its new block; a refining row runs its block and an unused one.
+  Returns (logits `[batch, block, vocab]`, this call's keys/values, the rows' cache positions, the slots with
+  the starting rows' new block)."""
   blk_len = st.block_length
-  tokens = kv_cache.put_rows(run.tokens, jnp.where(live[:, None], blk.x, x_BxT), start_B)
-  generated = start_B[:, None] + jnp.arange(blk_len)[None, :] >= layout.prompt_lens[:, None]
-  has_eos = live & ((blk.x == st.eos_id) & generated).any(-1)
+  start = slots.block * blk_len
+  starting = slots.starting & slots.live
+  x_new = kv_cache.take_rows(slots.tokens, start, blk_len)
+  slots = slots.replace(x=jnp.where(starting[:, None], x_new, slots.x),
+                        active=jnp.where(starting[:, None], x_new == st.rule.mask_id, slots.active),
+                        emb=jnp.where(starting[:, None, None], _embed(cfg, variables, x_new), slots.emb))
+  win_start = jnp.where(starting, jnp.maximum(start - blk_len, 0), start)
+  window = _embed(cfg, variables, kv_cache.take_rows(slots.tokens, win_start, 2 * blk_len))
+  own_block = jnp.concatenate([slots.emb, jnp.zeros_like(slots.emb)], axis=1)
+  win_emb = jnp.where(starting[:, None, None], window, own_block)
+  win_blocks = jnp.arange(2 * blk_len) // blk_len
+  bias = kv_cache.attention_bias(kv_cache.length(cache), win_start, win_blocks[None, :] <= win_blocks[:, None])
+  hidden, kv = apply_model(cfg, variables, win_emb, win_start[:, None] + jnp.arange(2 * blk_len)[None, :], bias,
+                           kv_prefix=cache, return_hidden=True)
+  logits = lm_head(cfg, variables, kv_cache.take_rows(hidden, start - win_start, blk_len))
+  return logits, kv, win_start, slots
+
+
+def _block_forward(cfg: ModelConfig, st: Static, variables, slots: Slots, cache):
+  """A forward of each row's current block against the cache (nothing written); `_window_forward`'s results."""
+  blk_len = st.block_length
+  start = slots.block * blk_len
+  bias = kv_cache.attention_bias(kv_cache.length(cache), start, jnp.ones((blk_len, blk_len), bool))
+  logits, _ = apply_model(cfg, variables, slots.emb, start[:, None] + jnp.arange(blk_len)[None, :], bias,
+                          kv_prefix=cache)
+  kv = jax.tree.map(lambda c: jnp.zeros(c.shape[:-3] + (2 * blk_len,) + c.shape[-2:], c.dtype), cache)
+  return logits, kv, start, slots
+
+
+def _record(trace: Trace, queue: Queue, slots: Slots, runs_B, update: rules.Update, x0_BxT, p_BxT) -> Trace:
+  """Writes one step of the rows that ran it into the trace (indexed by queued prompt, block iteration, step)."""
+  rows = jnp.where(runs_B, slots.row, queue.tokens.shape[0])  # out of range: dropped
+  it = slots.block - queue.layout.first_block[slots.row]
+  def at(buf, v):
+    return buf.at[it, slots.step, rows].set(v, mode="drop")
+  return trace.replace(taken=at(trace.taken, runs_B), block=trace.block.at[it, rows].set(slots.block, mode="drop"),
+                       tokens_before=at(trace.tokens_before, slots.x), tokens_after=at(trace.tokens_after, update.tokens),
+                       argmax=at(trace.argmax, x0_BxT), max_prob=at(trace.max_prob, p_BxT),
+                       decoded=at(trace.decoded, update.decoded), changed=at(trace.changed, update.changed),
+                       stop=at(trace.stop, update.stop))
+
+
+def _refine(cfg: ModelConfig, st: Static, variables, inputs: Inputs, keys_B, slots: Slots, logits_BxTxV, runs_B):
+  """One refinement step of the block of every row in `runs_B`. Returns (slots after it, the rule's update, x0,
+  p)."""
+  live = runs_B
+  noise = jax.vmap(jax.random.fold_in)(keys_B, slots.nfe) if st.sample else None
+  x0, p = rules.pick_tokens(logits_BxTxV, inputs.temperature, noise)
+  update = st.rule.update(slots.x, slots.active, x0, p, slots.step + 1, inputs.knobs)
+  emb = st.rule.next_inputs(lambda ids: _embed(cfg, variables, ids), slots.emb, update, slots.active, p,
+                            inputs.mask_emb, slots.starting)
+  slots = slots.replace(step=slots.step + live, x=jnp.where(live[:, None], update.tokens, slots.x),
+                        emb=jnp.where(live[:, None, None], emb, slots.emb), nfe=slots.nfe + live,
+                        starting=slots.starting & ~live)
+  return slots, update, x0, p
+
+
+def _end_blocks(st: Static, queue: Queue, run: RunState, ended_B) -> RunState:
+  """Commits the ended blocks, notes EOS (and fills after it when the rule says so), moves rows to their next
+  block, and writes the rows that are finished into the output (freeing their slots)."""
+  s, blk_len = run.slots, st.block_length
+  start = s.block * blk_len
+  tokens = kv_cache.put_rows(s.tokens, jnp.where(ended_B[:, None], s.x, kv_cache.take_rows(s.tokens, start, blk_len)),
+                             start)
+  generated = start[:, None] + jnp.arange(blk_len)[None, :] >= queue.layout.prompt_lens[s.row][:, None]
+  has_eos = ended_B & ((s.x == st.eos_id) & generated).any(-1)
+  num_blocks = queue.layout.num_blocks[s.row]
   if st.rule.fills_after_eos:
     pos_S = jnp.arange(tokens.shape[1])[None]
-    fill = has_eos[:, None] & (pos_S >= start_B[:, None] + blk_len) & (pos_S < layout.num_blocks[:, None] * blk_len)
+    fill = has_eos[:, None] & (pos_S >= start[:, None] + blk_len) & (pos_S < num_blocks[:, None] * blk_len)
     tokens = jnp.where(fill, st.eos_id, tokens)
-  last = layout.first_block + run.it + 1 >= layout.num_blocks
-  return RunState(it=run.it + 1, tokens=tokens, cache=cache, done=run.done | has_eos | last, eos=run.eos | has_eos,
-                  nfe=blk.nfe, trace=blk.trace)
+  finished = has_eos | (ended_B & (s.block + 1 >= num_blocks))
+  moves_on = ended_B & ~finished
+  slots = s.replace(tokens=tokens, block=s.block + moves_on, step=jnp.where(ended_B, 0, s.step),
+                    starting=s.starting | moves_on,
+                    live=s.live & ~finished, eos=s.eos | has_eos)
+  rows = jnp.where(finished, s.row, queue.tokens.shape[0])  # out of range: dropped
+  out = run.out.replace(tokens=run.out.tokens.at[rows].set(tokens, mode="drop"),
+                        nfe=run.out.nfe.at[rows].set(s.nfe, mode="drop"),
+                        stopped_by_eos=run.out.stopped_by_eos.at[rows].set(slots.eos, mode="drop"))
+  return run.replace(slots=slots, out=out)
 
 
-def _block_iteration(cfg: ModelConfig, st: Static, variables, inputs: Inputs, layout: Layout,
-                     run: RunState) -> RunState:
-  """One block of every row: the first forward, then refinement steps until each row's block is done."""
-  blk_len = st.block_length
-  start_B = jnp.minimum(layout.first_block + run.it, layout.num_blocks - 1) * blk_len
-  x_BxT = kv_cache.take_rows(run.tokens, start_B, blk_len)
-  active = x_BxT == st.rule.mask_id
-  logits, cache = _first_forward(cfg, variables, run, start_B, blk_len)
-  trace = None if run.trace is None else run.trace.replace(block=run.trace.block.at[run.it].set(start_B // blk_len))
-  blk = BlockState(step=jnp.int32(0), x=x_BxT, emb=_embed(cfg, variables, x_BxT), done=run.done, nfe=run.nfe,
-                   trace=trace)
-  blk = _refine(cfg, st, variables, inputs, blk, logits, active, run.it, first=True)
-
-  def refine(b: BlockState) -> BlockState:
-    logits = _forward_block(cfg, variables, b.emb, start_B, cache)
-    return _refine(cfg, st, variables, inputs, b, logits, active, run.it, first=False)
-
-  blk = jax.lax.while_loop(lambda b: (b.step < st.rule.max_steps) & ~b.done.all(), refine, blk)
-  return _end_block(st, layout, run, blk, start_B, x_BxT, cache)
+def _tick(cfg: ModelConfig, st: Static, variables, inputs: Inputs, queue: Queue, width: int, run: RunState) -> RunState:
+  """One forward of the batch: the two-block forward when a row starts a block, else the block forward; one
+  step of the rule for every live row; ended blocks committed; freed slots refilled."""
+  s = run.slots
+  waiting, refining = s.starting & s.live, s.live & ~s.starting
+  window = waiting.any() & ((waiting.sum() >= st.start_fraction * s.live.sum()) | ~refining.any())
+  runs = jnp.where(window, s.live, refining)
+  forward = lambda branch: functools.partial(branch, cfg, st, variables)
+  logits, kv, win_start, s = jax.lax.cond(window, forward(_window_forward), forward(_block_forward), s, run.cache)
+  cache = kv_cache.write(run.cache, kv, win_start, waiting & window)
+  before = s
+  s, update, x0, p = _refine(cfg, st, variables, inputs, queue.keys[s.row], s, logits, runs)
+  out = run.out.replace(batch_forwards=run.out.batch_forwards + 1)
+  if out.trace is not None:
+    out = out.replace(trace=_record(out.trace, queue, before, runs, update, x0, p))
+  ended = runs & ((update.stop != 0) | (s.step >= st.rule.max_steps))
+  run = run.replace(slots=s, cache=cache, out=out)
+  run = jax.lax.cond(ended.any(), functools.partial(_end_blocks, st, queue), lambda r, _: r, run, ended)
+  if st.slots < queue.tokens.shape[0]:
+    run = _refill(cfg, st, variables, queue, width, run)
+  return run
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _generate(cfg: ModelConfig, st: Static, variables, prompt_ids_BxP, prompt_lens_B, threshold,
-              converge_threshold, temperature, keys_B) -> DecodeOutput:
-  batch, width = prompt_ids_BxP.shape
+def _generate(cfg: ModelConfig, st: Static, variables, prompt_ids_WxP, prompt_lens_W, threshold,
+              converge_threshold, temperature, keys_W) -> DecodeOutput:
+  rows, width = prompt_ids_WxP.shape
   options = DecodeOptions(block_length=st.block_length, gen_length=st.gen_length)
   seq_len = max_length(width, options)
-  prompt_lens_B = prompt_lens_B.astype(jnp.int32)
-  layout = Layout(prompt_lens=prompt_lens_B, first_block=prompt_lens_B // st.block_length,
-                  num_blocks=total_length(prompt_lens_B, st.gen_length, st.block_length) // st.block_length)
-  padded = jnp.pad(prompt_ids_BxP.astype(jnp.int32), ((0, 0), (0, seq_len - width)))
-  tokens = jnp.where(jnp.arange(seq_len)[None] < prompt_lens_B[:, None], padded, st.rule.mask_id)
-  inputs = _inputs(cfg, st, variables, threshold, converge_threshold, temperature, keys_B)
-  cache = _prefill(cfg, variables, tokens, width, st.block_length, kv_cache.init_cache(cfg, batch, seq_len))
-  trace = _empty_trace(max_block_iterations(options), st.rule.max_steps, batch, st.block_length) if st.trace else None
-  run = RunState(it=jnp.int32(0), tokens=tokens, cache=cache, done=jnp.zeros((batch,), bool),
-                 eos=jnp.zeros((batch,), bool), nfe=jnp.full((batch,), int(st.rule.counts_prefill), jnp.int32),
-                 trace=trace)
-  run = jax.lax.while_loop(lambda r: ~r.done.all(),
-                           functools.partial(_block_iteration, cfg, st, variables, inputs, layout), run)
-  return DecodeOutput(tokens=run.tokens, nfe=run.nfe, stopped_by_eos=run.eos, trace=run.trace)
+  queue = _queue(st, prompt_ids_WxP, prompt_lens_W, keys_W, seq_len)
+  inputs = _inputs(cfg, st, variables, threshold, converge_threshold, temperature)
+  trace = _empty_trace(max_block_iterations(options), st.rule.max_steps, rows, st.block_length) if st.trace else None
+  out = DecodeOutput(tokens=queue.tokens, nfe=jnp.zeros((rows,), jnp.int32), stopped_by_eos=jnp.zeros((rows,), bool),
+                     trace=trace, batch_forwards=jnp.int32(0))
+  run = RunState(slots=_empty_slots(st.slots, seq_len, st.block_length, cfg.hidden_size),
+                 cache=kv_cache.init_cache(cfg, st.slots, seq_len), next_row=jnp.int32(0), out=out)
+  run = _refill(cfg, st, variables, queue, width, run)
+  run = jax.lax.while_loop(lambda r: r.slots.live.any(),
+                           functools.partial(_tick, cfg, st, variables, inputs, queue, width), run)
+  return run.out
 
 
 def block_step(cfg: ModelConfig, options: DecodeOptions, variables, cache, x_BxT, emb_BxTxH, active_BxT,
                start_B, nfe_B):
   """One later refinement step of a block, the unit of work a generation repeats ~NFE times: forward of
-  each row's block `[batch, block]` (input embeddings `emb_BxTxH`) at `start_B` against the static
-  cache, then the decoding rule. For AOT compiles and cost estimates (args may be abstract).
+  each row's block `[batch, block]` (input embeddings `emb_BxTxH`) at `start_B` (a multiple of the block
+  length) against the static cache, then the decoding rule. For AOT compiles and cost estimates (args may be
+  abstract).
 
   Returns `(tokens [batch, block], next input embeddings [batch, block, hidden], block done [batch])`.
   """
-  st = dataclasses.replace(static_options(cfg, options), trace=False)
   batch = x_BxT.shape[0]
+  st = dataclasses.replace(static_options(cfg, options, batch), trace=False)
   inputs = _inputs(cfg, st, variables, jnp.float32(options.resolved_threshold),
-                   jnp.float32(options.converge_threshold), jnp.float32(max(options.temperature, 1e-6)),
-                   row_keys(0, batch))
-  blk = BlockState(step=jnp.int32(1), x=x_BxT, emb=emb_BxTxH, done=jnp.zeros((batch,), bool), nfe=nfe_B, trace=None)
-  out = _refine(cfg, st, variables, inputs, blk, _forward_block(cfg, variables, emb_BxTxH, start_B, cache),
-                active_BxT, 0, first=False)
-  return out.x, out.emb, out.done
+                   jnp.float32(options.converge_threshold), jnp.float32(max(options.temperature, 1e-6)))
+  slots = _empty_slots(batch, 0, options.block_length, cfg.hidden_size).replace(
+      live=jnp.ones((batch,), bool), block=start_B // options.block_length, x=x_BxT, emb=emb_BxTxH,
+      active=active_BxT, nfe=nfe_B, step=jnp.ones((batch,), jnp.int32))
+  logits, _, _, _ = _block_forward(cfg, st, variables, slots, cache)
+  slots, update, _, _ = _refine(cfg, st, variables, inputs, row_keys(0, batch), slots, logits, slots.live)
+  return slots.x, slots.emb, update.stop != 0
 
 
-def static_options(cfg: ModelConfig, options: DecodeOptions) -> Static:
+def static_options(cfg: ModelConfig, options: DecodeOptions, slots: int) -> Static:
   eos_id, _ = options.special_ids(cfg)
   return Static(rule=options.rule(cfg), block_length=options.block_length, gen_length=options.gen_length,
-                sample=options.temperature > 0, trace=options.trace, eos_id=eos_id)
+                sample=options.temperature > 0, trace=options.trace, eos_id=eos_id, slots=slots)
 
 
 def row_keys(seed: int, batch: int) -> jax.Array:
@@ -289,38 +373,58 @@ def row_keys(seed: int, batch: int) -> jax.Array:
   return jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.arange(batch))
 
 
-def decoder_call(cfg: ModelConfig, variables, prompt_ids_BxP, prompt_lens_B, options: DecodeOptions,
-                 keys_B: jax.Array | None = None) -> tuple[Any, tuple]:
+def decoder_call(cfg: ModelConfig, variables, prompt_ids_WxP, prompt_lens_W, options: DecodeOptions,
+                 keys_W: jax.Array | None = None, batch_size: int | None = None,
+                 start_fraction: float = START_FRACTION) -> tuple[Any, tuple]:
   """`(jitted decoder with its static arguments bound, its array arguments)`: `fn(*args)` decodes (see
   `decode_padded` for the arguments)."""
-  batch = np.shape(prompt_ids_BxP)[0]
-  if keys_B is None:
-    keys_B = row_keys(0, batch)
-  fn = functools.partial(_generate, cfg, static_options(cfg, options))
-  args = (variables, jnp.asarray(prompt_ids_BxP, jnp.int32), jnp.asarray(prompt_lens_B, jnp.int32),
+  rows = np.shape(prompt_ids_WxP)[0]
+  if keys_W is None:
+    keys_W = row_keys(0, rows)
+  if not 0.0 <= start_fraction <= 1.0:
+    raise ValueError(f"start_fraction must be in [0, 1], got {start_fraction}")
+  st = dataclasses.replace(static_options(cfg, options, _slots(rows, batch_size)), start_fraction=start_fraction)
+  fn = functools.partial(_generate, cfg, st)
+  args = (variables, jnp.asarray(prompt_ids_WxP, jnp.int32), jnp.asarray(prompt_lens_W, jnp.int32),
           jnp.float32(options.resolved_threshold), jnp.float32(options.converge_threshold),
-          jnp.float32(max(options.temperature, 1e-6)), keys_B)
+          jnp.float32(max(options.temperature, 1e-6)), keys_W)
   return fn, args
 
 
-def lower_decoder(cfg: ModelConfig, variables, prompt_ids_BxP, prompt_lens_B, options: DecodeOptions,
-                  keys_B: jax.Array | None = None) -> tuple[jax.stages.Lowered, tuple]:
+def _slots(rows: int, batch_size: int | None) -> int:
+  if batch_size is not None and batch_size <= 0:
+    raise ValueError(f"batch_size must be positive, got {batch_size}")
+  return rows if batch_size is None else min(batch_size, rows)
+
+
+def lower_decoder(cfg: ModelConfig, variables, prompt_ids_WxP, prompt_lens_W, options: DecodeOptions,
+                  keys_W: jax.Array | None = None, batch_size: int | None = None,
+                  start_fraction: float = START_FRACTION) -> tuple[jax.stages.Lowered, tuple]:
   """`(lowered program, its array arguments)`: `lowered.compile()(*args)` decodes; for AOT compiles
   and compile-time measurements (abstract `jax.ShapeDtypeStruct` variables work too)."""
-  _, args = decoder_call(cfg, variables, prompt_ids_BxP, prompt_lens_B, options, keys_B)
-  return _generate.lower(cfg, static_options(cfg, options), *args), args
+  fn, args = decoder_call(cfg, variables, prompt_ids_WxP, prompt_lens_W, options, keys_W, batch_size, start_fraction)
+  return _generate.lower(*fn.args, *args), args
 
 
-def decode_padded(cfg: ModelConfig, variables, prompt_ids_BxP, prompt_lens_B, options: DecodeOptions,
-                  keys_B: jax.Array | None = None) -> DecodeOutput:
-  """Runs the compiled decoder on a padded batch.
+def decode_padded(cfg: ModelConfig, variables, prompt_ids_WxP, prompt_lens_W, options: DecodeOptions,
+                  keys_W: jax.Array | None = None, batch_size: int | None = None,
+                  start_fraction: float = START_FRACTION) -> DecodeOutput:
+  """Runs the compiled decoder on padded prompts, `batch_size` rows at a time (default: all at once).
+
+  Each row of the batch moves on alone: a row that finishes a block starts its next block in the next forward
+  while the others keep refining theirs, and a row that finishes its prompt takes the next one from the queue
+  (continuous batching), so the batch stays full until the queue is empty.
 
   Args:
-    prompt_ids_BxP: `[batch, width]` int prompt ids, row b valid up to `prompt_lens_B[b]` (any padding).
-    prompt_lens_B: `[batch]` prompt lengths (1..width).
-    keys_B: typed PRNG keys `[batch]` for sampling (default `row_keys(0, batch)`); unused when greedy.
-  Thresholds and temperature are traced values: changing them does not recompile; shapes, mode,
-  block/gen length, steps, greedy-vs-sampling and tracing are static.
+    prompt_ids_WxP: `[prompts, width]` int prompt ids, row w valid up to `prompt_lens_W[w]` (any padding).
+    prompt_lens_W: `[prompts]` prompt lengths (1..width).
+    keys_W: typed PRNG keys `[prompts]` for sampling (default `row_keys(0, prompts)`); unused when greedy.
+    batch_size: rows decoded at once (static; default all the prompts).
+    start_fraction: a row that finished its block waits (idle, not counted) until at least this fraction of
+      the live rows waits to start a block too, or none is refining, so rows start blocks together in fewer
+      two-block forwards (static; 0 = start at once, 1 = every block in lock-step). Answers do not depend on it.
+  Thresholds and temperature are traced values: changing them does not recompile; shapes, batch size, mode,
+  block/gen length, steps, greedy-vs-sampling and tracing are static. Returns `[prompts]` rows.
   """
-  fn, args = decoder_call(cfg, variables, prompt_ids_BxP, prompt_lens_B, options, keys_B)
+  fn, args = decoder_call(cfg, variables, prompt_ids_WxP, prompt_lens_W, options, keys_W, batch_size, start_fraction)
   return fn(*args)

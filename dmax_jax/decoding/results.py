@@ -45,12 +45,15 @@ def pad_prompts(prompts: Sequence[Sequence[int]], width: int, pad_id: int = 0) -
 
 
 def generate(cfg: ModelConfig, variables, prompts: Sequence[Sequence[int]], options: DecodeOptions = DecodeOptions(),
-             seed: int = 0, keys: jax.Array | None = None, prompt_width: int | None = None) -> list[RowResult]:
-  """Decodes a batch of prompts (lists of token ids, any lengths) in one compiled call.
+             seed: int = 0, keys: jax.Array | None = None, prompt_width: int | None = None,
+             batch_size: int | None = None) -> list[RowResult]:
+  """Decodes prompts (lists of token ids, any lengths) in one compiled call, `batch_size` at a time (default
+  all at once; a row that finishes takes the next prompt, see `decode_padded`).
 
-  The batch is padded to `prompt_width` (default: the bucket `block_length * 2^i` of the longest
-  prompt), so every batch of the same size and bucket reuses one compiled program. Row i samples
-  with `keys[i]` (default fold_in(key(seed), i)). Each row's result equals decoding it alone.
+  The prompts are padded to `prompt_width` (default: the bucket `block_length * 2^i` of the longest
+  prompt), so every call with the same number of prompts, batch size and bucket reuses one compiled program.
+  Prompt i samples with `keys[i]` (default fold_in(key(seed), i)). Each prompt's result equals decoding it
+  alone.
   """
   validate_prompts(cfg, prompts, options)
   longest = max(len(p) for p in prompts)
@@ -58,7 +61,8 @@ def generate(cfg: ModelConfig, variables, prompts: Sequence[Sequence[int]], opti
   if width < longest:
     raise ValueError(f"prompt_width {width} is shorter than the longest prompt ({longest})")
   ids, lens = pad_prompts(prompts, width)
-  out = decode_padded(cfg, variables, ids, lens, options, row_keys(seed, len(prompts)) if keys is None else keys)
+  out = decode_padded(cfg, variables, ids, lens, options, row_keys(seed, len(prompts)) if keys is None else keys,
+                      batch_size)
   return unpack(cfg, out, lens, options)
 
 

@@ -82,7 +82,8 @@ def soft_embeddings(prev_BxTxH, hard_BxTxH, soft_BxT, reset_BxT, p_BxT, mask_emb
 
 def threshold_select(x_BxT, x0_BxT, p_BxT, threshold, quota, mask_id):
   """Official LLaDA2.0 commit rule: masked positions with p > threshold if there are at least `quota`
-  of them, else the `quota` most confident masked ones. Decoded tokens are never revised."""
+  of them, else the `quota` most confident masked ones (`quota` a scalar or int32 `[batch]`). Decoded tokens are
+  never revised."""
   masked = x_BxT == mask_id
   conf = jnp.where(masked, p_BxT, -jnp.inf)
   high = conf > threshold
@@ -91,8 +92,9 @@ def threshold_select(x_BxT, x0_BxT, p_BxT, threshold, quota, mask_id):
   idx = jnp.arange(t)
   ahead = (conf[:, None, :] > conf[:, :, None]) | ((conf[:, None, :] == conf[:, :, None])
                                                    & (idx[None, None, :] < idx[None, :, None]))
-  top = masked & (ahead.sum(-1) < quota)
-  transfer = jnp.where((high.sum(-1) >= quota)[:, None], high, top)
+  quota_Bx1 = jnp.reshape(quota, (-1, 1))  # one for the batch or one per row
+  top = masked & (ahead.sum(-1) < quota_Bx1)
+  transfer = jnp.where(high.sum(-1, keepdims=True) >= quota_Bx1, high, top)
   return jnp.where(transfer, x0_BxT, x_BxT), transfer
 
 
@@ -134,12 +136,13 @@ class DecodingRule(Protocol):
   fills_after_eos: bool
 
   def update(self, x_BxT, active_BxT, x0_BxT, p_BxT, step, knobs: Knobs) -> Update:
-    """Step `step` (1-based) of a block: `x` the block before it, `active` its positions that started
-    masked, `(x0, p)` the prediction and its probability."""
+    """Step `step` (1-based; a scalar or int32 `[batch]`, rows may be at different steps) of a block: `x` the
+    block before it, `active` its positions that started masked, `(x0, p)` the prediction and its probability."""
 
   def next_inputs(self, embed: Callable[[jax.Array], jax.Array], prev_emb_BxTxH, update: Update, active_BxT,
                   p_BxT, mask_emb_H, first: bool) -> jax.Array:
-    """Float32 `[batch, block, hidden]` input embeddings of the block's next step (`embed`: ids -> f32)."""
+    """Float32 `[batch, block, hidden]` input embeddings of the block's next step (`embed`: ids -> f32);
+    `first` (a bool or bool `[batch]`): the step was the block's first."""
 
   def answer(self, generated: np.ndarray, eos_id: int, gen_length: int) -> tuple[np.ndarray, int]:
     """`(answer ids, TPF numerator)` of a row from its generated tokens (host side)."""
@@ -171,7 +174,7 @@ class SoftParallel(_RuleParams):
 
   def next_inputs(self, embed, prev_emb_BxTxH, update: Update, active_BxT, p_BxT, mask_emb_H, first: bool):
     soft = active_BxT & (update.tokens != self.mask_id)
-    reset = jnp.ones_like(soft) if first else (~soft & update.changed)
+    reset = (~soft & update.changed) | jnp.reshape(first, (-1, 1))
     return soft_embeddings(prev_emb_BxTxH, embed(update.tokens), soft, reset, p_BxT, mask_emb_H)
 
   def answer(self, generated: np.ndarray, eos_id: int, gen_length: int) -> tuple[np.ndarray, int]:

@@ -19,7 +19,7 @@ from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from dmax_jax.decoding import DecodeOptions
-from dmax_jax.evaluation.runner import Model, decode_batch, response_text
+from dmax_jax.evaluation.runner import BATCHES_PER_CALL, Model, decode_batch, response_text
 from dmax_jax.evaluation.tasks import PAPER_GEN_LENGTH
 
 
@@ -67,9 +67,10 @@ class DMaxLM(LM):
     contexts = [r.args[0] for r in requests]
     prompts = [self.model.tokenizer(c, add_special_tokens=False)["input_ids"] for c in contexts]
     texts = []
-    for start in tqdm(range(0, len(prompts), self.batch_size), disable=disable_tqdm, desc="dmax_jax"):
-      rows, _, _ = decode_batch(self.model, prompts[start:start + self.batch_size], self.options, self.batch_size)
-      for request, row in zip(requests[start:start + self.batch_size], rows):
+    per_call = self.batch_size * BATCHES_PER_CALL
+    for start in tqdm(range(0, len(prompts), per_call), disable=disable_tqdm, desc="dmax_jax"):
+      rows, _, _ = decode_batch(self.model, prompts[start:start + per_call], self.options, self.batch_size)
+      for request, row in zip(requests[start:start + per_call], rows):
         self.counts.append((row.num_tokens, row.nfe))
         text = response_text(self.model, row, self.options)
         texts.append(cut_at(text, request.args[1].get("until")) if self.cut_until else text)

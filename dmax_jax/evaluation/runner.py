@@ -1,6 +1,6 @@
 """Evaluating a checkpoint on a task: decode its prompts in batches, score every response, and keep
-`samples.jsonl` (one line per finished sample, appended and synced per batch) so a killed run resumes
-where it stopped; `results.json` and `results.md` summarise all samples.
+`samples.jsonl` (one line per finished sample, appended and synced after each decoding call of 8 batches) so a
+killed run resumes where it stopped; `results.json` and `results.md` summarise all samples.
 
 Protocol (DMax's evaluation): the prompt is the task's user message in the tokenizer's chat template; the
 response is every generated token except EOS (dInfer keeps non-EOS tokens after the first EOS) in SPD mode,
@@ -113,21 +113,26 @@ def sample_keys(seed: int, doc_ids: Sequence[int]) -> jax.Array:
   return jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.asarray(doc_ids, jnp.int32))
 
 
+BATCHES_PER_CALL = 8
+"""Evaluation and trajectory building decode `BATCHES_PER_CALL x batch_size` prompts per compiled call (rows that
+finish take the next prompt) and append their samples after each call."""
+
+
 def decode_batch(model: Model, prompts: list[list[int]], options: DecodeOptions, batch_size: int,
                  doc_ids: Sequence[int] | None = None, seed: int = 0,
                  prompt_width: int | None = None) -> tuple[list[RowResult], float, float]:
-  """Rows of one batch (padded to `batch_size` by repeating its first prompt, so every batch of a prompt
-  bucket reuses one compiled program; `prompt_width` fixes one width for every batch), wall seconds and the
-  compile seconds within them. With `doc_ids`, sampling (temperature > 0) draws from
-  `sample_keys(seed, doc_ids)`: results do not depend on batching."""
+  """Rows of `prompts` decoded `batch_size` at a time in one compiled call (a row that finishes takes the next
+  prompt), wall seconds and the compile seconds within them. The prompts are padded to a multiple of
+  `batch_size` by repeating the first, so calls with as many batches and the same prompt bucket reuse one
+  compiled program (`prompt_width` fixes one width for every call). With `doc_ids`, sampling (temperature > 0)
+  draws from `sample_keys(seed, doc_ids)`: results do not depend on batching."""
   width = prompt_width or prompt_bucket(max(len(p) for p in prompts), options.block_length)
-  padded = prompts + [prompts[0]] * (batch_size - len(prompts))
-  keys = None
-  if doc_ids is not None:
-    keys = sample_keys(seed, list(doc_ids) + [doc_ids[0]] * (batch_size - len(prompts)))
+  fill = -len(prompts) % batch_size
+  keys = None if doc_ids is None else sample_keys(seed, list(doc_ids) + [doc_ids[0]] * fill)
   compiled, start = compile_seconds(), time.perf_counter()
   with sharding.use_mesh(model.mesh) if model.mesh is not None else contextlib.nullcontext():
-    rows = generate(model.config, model.variables, padded, options, keys=keys, prompt_width=width)[:len(prompts)]
+    rows = generate(model.config, model.variables, prompts + [prompts[0]] * fill, options, keys=keys,
+                    prompt_width=width, batch_size=batch_size)[:len(prompts)]
   return rows, time.perf_counter() - start, compile_seconds() - compiled
 
 
@@ -156,8 +161,8 @@ def evaluate(task: Task, records: Sequence[Record], model: Model, options: Decod
   with tqdm(total=len(records), initial=len(records) - len(pending), desc=task.name, unit="sample",
             disable=not progress) as bar:
     bar.set_postfix_str(tally.postfix())
-    for start in range(0, len(pending), batch_size):
-      ids = pending[start:start + batch_size]
+    for start in range(0, len(pending), batch_size * BATCHES_PER_CALL):
+      ids = pending[start:start + batch_size * BATCHES_PER_CALL]
       rows, seconds, compiled = decode_batch(model, [prompts[i] for i in ids], options, batch_size, ids, seed)
       compile_total += compiled
       per_row = (seconds - compiled) / len(ids)
