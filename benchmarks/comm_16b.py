@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from decode_roofline import lower_block_step  # noqa: E402
 from dmax_jax import ModelConfig, comm_model, flops, hlo, sharding  # noqa: E402
 from dmax_jax.io import write_text_atomic  # noqa: E402
-from dmax_jax.layers import moe  # noqa: E402
+from dmax_jax.layers import moe_ops  # noqa: E402
 from dmax_jax.training.optimizer import make_optimizer  # noqa: E402
 from dmax_jax.training.run_config import load_run_config  # noqa: E402
 from dmax_jax.training.step import BATCH_KEYS, abstract_state, make_train_step, train_step_fn  # noqa: E402
@@ -49,18 +49,18 @@ SCHEMES = ("gspmd", "expert_parallel")
 def grouped_matmul_standin():
   """Replaces the ragged grouped matmul by plain dots of the same shapes: compile-only, wrong values, the
   memory footprint of a TPU/GPU grouped-matmul kernel instead of XLA:CPU's dense expansion."""
-  real = moe._ragged_experts
+  real = moe_ops._ragged_experts
 
   def standin(rows_MxD, group_sizes_E, w, dtype):
     gate = rows_MxD @ w.gate[0].astype(dtype)
     up = rows_MxD @ w.up[0].astype(dtype)
-    return moe._swiglu(gate, up) @ w.down[0].astype(dtype)
+    return moe_ops._swiglu(gate, up) @ w.down[0].astype(dtype)
 
-  moe._ragged_experts = standin
+  moe_ops._ragged_experts = standin
   try:
     yield
   finally:
-    moe._ragged_experts = real
+    moe_ops._ragged_experts = real
 
 
 def oput_setup(seq_len: int | None, batch: int | None):

@@ -62,7 +62,7 @@ class ModelConfig:
   dtype: str = "float32"
   remat_policy: str = "none"
   moe_impl: str = "auto"
-  moe_tile_size: int = 64
+  moe_max_tile_rows: int = 64  # "tiled" MoE kernel: rows per tile at most (smaller when experts get fewer)
   parallelism: str = "expert_parallel"
   # True: each layer stack is one scan over stacked weights (compile time independent of depth; training).
   # False: layers unrolled over per-layer weights and KV cache, nothing sliced per forward (decoding: on
@@ -92,7 +92,7 @@ class ModelConfig:
   def validate(self) -> None:
     positive = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                 "num_key_value_heads", "head_dim", "intermediate_size", "moe_intermediate_size",
-                "num_experts", "num_experts_per_tok", "n_group", "topk_group", "moe_tile_size")
+                "num_experts", "num_experts_per_tok", "n_group", "topk_group", "moe_max_tile_rows")
     for name in positive:
       if int(getattr(self, name)) <= 0:
         raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
@@ -188,7 +188,7 @@ class ModelConfig:
 
   def architecture_dict(self) -> dict[str, Any]:
     """The architecture fields under their Hugging Face names (what `from_hf_dict` reads)."""
-    runtime = {"param_dtype", "dtype", "remat_policy", "moe_impl", "moe_tile_size", "parallelism", "scan_layers"}
+    runtime = {"param_dtype", "dtype", "remat_policy", "moe_impl", "moe_max_tile_rows", "parallelism", "scan_layers"}
     return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in runtime}
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import jax
 from jax.sharding import Mesh
 
-from dmax_jax.checkpoint import converted
+from dmax_jax.checkpoint import orbax_format
 from dmax_jax.checkpoint.hf_import import HFCheckpoint, dtype_name, unflatten, variable_paths
 from dmax_jax.config import ModelConfig
 from dmax_jax.model import unstack_layers, variable_shardings
@@ -49,12 +49,12 @@ def load_model(path: str, dtype: Any = None, mesh: Mesh | None = None,
   if compute_dtype is not None:
     runtime["dtype"] = dtype_name(compute_dtype)
   cfg = ModelConfig.from_json(path, **{**runtime, "scan_layers": True})
-  if not converted.is_converted(path):
+  if not orbax_format.is_converted(path):
     cfg, variables = _load_hf(path, cfg, dtype, mesh)
   else:
-    marker = converted.read_marker(path)
+    marker = orbax_format.read_marker(path)
     cfg = cfg.replace(param_dtype=dtype_name(dtype or marker["param_dtype"]))
-    variables = converted.restore(path, cfg, variable_shardings(cfg, mesh))
+    variables = orbax_format.restore(path, cfg, variable_shardings(cfg, mesh))
   if runtime.get("scan_layers", True):
     return cfg, variables
   cfg = cfg.replace(scan_layers=False)

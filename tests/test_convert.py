@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from dmax_jax.checkpoint import convert, converted, hf_export
+from dmax_jax.checkpoint import convert, hf_export, orbax_format
 from dmax_jax.checkpoint.convert import hf_to_jax, jax_to_hf, parse_size
 from dmax_jax.checkpoint.safetensors_io import INDEX_FILE, CheckpointError
 from dmax_jax.checkpoint.synthetic import write_synthetic_hf
@@ -66,11 +66,11 @@ def converted_fixture(fixture_dir, tmp_path_factory):
 
 def test_converted_layout(converted_fixture, fixture_dir):
   assert sorted(os.listdir(converted_fixture)) == sorted(
-      ["config.json", converted.MARKER_FILE, converted.PARAMS_DIR, "README.md"])
+      ["config.json", orbax_format.MARKER_FILE, orbax_format.PARAMS_DIR, "README.md"])
   with open(os.path.join(converted_fixture, "config.json"), "rb") as a, \
       open(os.path.join(fixture_dir, "config.json"), "rb") as b:
     assert a.read() == b.read()
-  assert converted.read_marker(converted_fixture)["param_dtype"] == "float32"
+  assert orbax_format.read_marker(converted_fixture)["param_dtype"] == "float32"
 
 
 @pytest.mark.parametrize("merged", [False, True])
@@ -105,7 +105,7 @@ def test_bf16_sharded_roundtrip(tmp_path):
     src_index = json.load(f)
   assert len(set(src_index["weight_map"].values())) > 2
   hf_to_jax(src, str(tmp_path / "jax"), progress=False)
-  assert converted.read_marker(str(tmp_path / "jax"))["param_dtype"] == "bfloat16"
+  assert orbax_format.read_marker(str(tmp_path / "jax"))["param_dtype"] == "bfloat16"
   jax_to_hf(str(tmp_path / "jax"), str(tmp_path / "out"), shard_size="200KB", progress=False)
   assert_same_tensors(str(tmp_path / "out"), src)
   with open(os.path.join(tmp_path, "out", INDEX_FILE)) as f:
@@ -135,7 +135,7 @@ def test_variables_to_hf_matches_fixture(tiny_model, fixture_dir, tmp_path):
 
 def test_hf_to_jax_dtype_cast(fixture_dir, tmp_path):
   hf_to_jax(fixture_dir, str(tmp_path / "jax"), dtype="bfloat16", progress=False)
-  assert converted.read_marker(str(tmp_path / "jax"))["param_dtype"] == "bfloat16"
+  assert orbax_format.read_marker(str(tmp_path / "jax"))["param_dtype"] == "bfloat16"
   jax_to_hf(str(tmp_path / "jax"), str(tmp_path / "hf"), progress=False)  # stored dtype by default
   got, want = read_tensors(str(tmp_path / "hf")), read_tensors(fixture_dir)
   for name, w in want.items():
@@ -218,7 +218,7 @@ def test_failure_in_hf_to_jax_leaves_no_output(fixture_dir, tmp_path, monkeypatc
   if where == "mid-weights":
     monkeypatch.setattr(convert.HFCheckpoint, "fill", fail)
   else:
-    monkeypatch.setattr(converted, "write_marker", fail)
+    monkeypatch.setattr(orbax_format, "write_marker", fail)
   with pytest.raises(RuntimeError, match="injected"):
     hf_to_jax(fixture_dir, str(tmp_path / "jax"), progress=False)
   assert list(tmp_path.iterdir()) == []

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-import decode
 from conftest import REPO_ROOT
 from dmax_jax import ModelConfig
 from dmax_jax.cli import decode

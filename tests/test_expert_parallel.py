@@ -10,7 +10,7 @@ import flax.linen as nn
 from jax.sharding import PartitionSpec as P
 
 from dmax_jax import ModelConfig, hlo, sharding
-from dmax_jax.layers import embedding, moe, vocab_parallel
+from dmax_jax.layers import embedding, moe_ops, vocab_parallel
 from dmax_jax.model import init_variables
 from dmax_jax.training.run_config import TrainSection
 from dmax_jax.training.step import global_batch, init_state, make_train_step
@@ -138,18 +138,18 @@ def test_expert_parallel_moe_matches_dispatch(impl):
   x = jnp.asarray(rng.normal(size=(4, 8, 16)), jnp.float32)
   logits = jnp.asarray(rng.normal(size=(4, 8, 8)), jnp.float32)
   bias = jnp.asarray(rng.normal(size=(8,)) * 0.1, jnp.float32)
-  experts = moe.ExpertWeights(*(jnp.asarray(rng.normal(size=s), jnp.float32) * 0.3
+  experts = moe_ops.ExpertWeights(*(jnp.asarray(rng.normal(size=s), jnp.float32) * 0.3
                                 for s in ((8, 16, 12), (8, 16, 12), (8, 12, 16))))
-  route = lambda lg, b: moe.route(lg, b, top_k=3, n_group=4, topk_group=2, routed_scaling_factor=2.0,
+  route = lambda lg, b: moe_ops.route(lg, b, top_k=3, n_group=4, topk_group=2, routed_scaling_factor=2.0,
                                   norm_topk_prob=True)
   ids, weights = route(logits.reshape(32, 8), bias)
-  want = moe.dispatch_experts(x.reshape(32, 16), ids, weights, experts, impl="ragged").reshape(4, 8, 16)
+  want = moe_ops.dispatch_experts(x.reshape(32, 16), ids, weights, experts, impl="ragged").reshape(4, 8, 16)
   cases = ((MESHES[0], P("fsdp", "expert"), ("expert", "fsdp"), ()),
            (MESHES[1], P("data", "expert"), ("expert",), ("tensor",)),
            ({"expert": 8}, P(None, None), ("expert",), ()))  # tokens replicated over the experts' axis
   for mesh_shape, token_spec, expert_axes, mlp_axes in cases:
-    fn = lambda x, lg, b, *w: moe.expert_parallel_moe(
-        x, lg, b, moe.ExpertWeights(*w), route_fn=route, token_spec=P(*token_spec, None),
+    fn = lambda x, lg, b, *w: moe_ops.expert_parallel_moe(
+        x, lg, b, moe_ops.ExpertWeights(*w), route_fn=route, token_spec=P(*token_spec, None),
         expert_axes=expert_axes, mlp_axes=mlp_axes, impl=impl)
     out, got_ids, got_weights = _on_mesh(fn, mesh_shape, x, logits, bias, *experts)
     np.testing.assert_array_equal(got_ids.reshape(32, 3), ids)

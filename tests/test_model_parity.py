@@ -9,7 +9,7 @@ import pytest
 
 from dmax_jax import ModelConfig, forward
 from dmax_jax.checkpoint.hf_import import load_hf_variables
-from dmax_jax.layers import moe
+from dmax_jax.layers import moe_ops
 from dmax_jax.model import Transformer, embed_tokens, unstack_layers
 
 LOGIT_ATOL = 1e-4
@@ -87,7 +87,7 @@ def test_router_matches_reference(tiny_model, expected, layer):
   x = jnp.asarray(expected[f"case5_layer{layer}_router_input"])
   logits = x @ jnp.asarray(moe_params["router"])
   np.testing.assert_allclose(np.asarray(logits), expected[f"case5_layer{layer}_router_logits"], atol=1e-5, rtol=0)
-  ids, weights = moe.route(logits, bias, top_k=cfg.num_experts_per_tok, n_group=cfg.n_group,
+  ids, weights = moe_ops.route(logits, bias, top_k=cfg.num_experts_per_tok, n_group=cfg.n_group,
                            topk_group=cfg.topk_group, routed_scaling_factor=cfg.routed_scaling_factor,
                            norm_topk_prob=cfg.norm_topk_prob)
   order = np.argsort(np.asarray(ids), axis=-1)

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dmax_jax.layers import moe
+from dmax_jax.layers import moe_ops
 
 
-def _reference(x, ids, weights, w: moe.ExpertWeights):
+def _reference(x, ids, weights, w: moe_ops.ExpertWeights):
   """Per token, per selected expert, in numpy."""
   x, ids, weights = map(np.asarray, (x, ids, weights))
   gate, up, down = (np.asarray(a, np.float64) for a in w)
@@ -31,15 +31,15 @@ def test_dispatch_matches_per_token_reference(impl, tokens, experts, top_k, max_
   kx, kw, ks, kl = jax.random.split(jax.random.key(tokens), 4)
   d, f = 12, 20
   x = jax.random.normal(kx, (tokens, d))
-  w = moe.ExpertWeights(*(jax.random.normal(k, s) / np.sqrt(s[1]) for k, s in
+  w = moe_ops.ExpertWeights(*(jax.random.normal(k, s) / np.sqrt(s[1]) for k, s in
                           zip(jax.random.split(kw, 3), [(experts, d, f), (experts, d, f), (experts, f, d)])))
   # Skewed choices: some experts get many rows, some none.
   logits = jax.random.normal(kl, (tokens, experts)) + jnp.linspace(0, skew, experts)[None, :]
   _, ids = jax.lax.top_k(logits, top_k)
   if skew > 10:
-    assert tokens > moe.bucket_size_for(tokens * top_k, experts)  # more rows than one bucket holds
+    assert tokens > moe_ops.bucket_size_for(tokens * top_k, experts)  # more rows than one bucket holds
   weights = jax.random.uniform(ks, (tokens, top_k))
-  got = jax.jit(functools.partial(moe.dispatch_experts, impl=impl, max_tile=max_tile))(x, ids, weights, w)
+  got = jax.jit(functools.partial(moe_ops.dispatch_experts, impl=impl, max_tile=max_tile))(x, ids, weights, w)
   np.testing.assert_allclose(np.asarray(got), _reference(x, ids, weights, w), atol=2e-5, rtol=1e-5)
 
 
@@ -48,7 +48,7 @@ def test_group_limited_routing_respects_groups():
   key = jax.random.key(0)
   logits = jax.random.normal(key, (50, 16)) * 3
   bias = jnp.linspace(-0.2, 0.2, 16)
-  ids, weights = moe.route(logits, bias, top_k=3, n_group=4, topk_group=2, routed_scaling_factor=2.5,
+  ids, weights = moe_ops.route(logits, bias, top_k=3, n_group=4, topk_group=2, routed_scaling_factor=2.5,
                            norm_topk_prob=True)
   biased = np.asarray(jax.nn.sigmoid(logits) + bias[None, :]).reshape(50, 4, 4)
   group_scores = np.sort(biased, -1)[..., -2:].sum(-1)
@@ -65,17 +65,17 @@ def test_tiled_moe_work_is_proportional_to_top_k():
   """The tiled kernel's matmul rows grow with tokens * top_k, not tokens * experts."""
   from dmax_jax.flops import traced_matmul_flops
   tokens, experts, d, f = 512, 64, 8, 8
-  w = moe.ExpertWeights(jnp.zeros((experts, d, f)), jnp.zeros((experts, d, f)), jnp.zeros((experts, f, d)))
+  w = moe_ops.ExpertWeights(jnp.zeros((experts, d, f)), jnp.zeros((experts, d, f)), jnp.zeros((experts, f, d)))
   x = jnp.zeros((tokens, d))
   def run(top_k):
     ids = jnp.zeros((tokens, top_k), jnp.int32)
-    return traced_matmul_flops(lambda a: moe.dispatch_experts(a, ids, jnp.ones((tokens, top_k)), w, impl="tiled"), x)[0]
+    return traced_matmul_flops(lambda a: moe_ops.dispatch_experts(a, ids, jnp.ones((tokens, top_k)), w, impl="tiled"), x)[0]
   dense_flops = 3 * 2 * tokens * experts * d * f
   assert run(2) < 0.25 * dense_flops
   assert run(4) > 1.5 * run(2)
 
 
-def _dense_dispatch(x, ids, weights, w: moe.ExpertWeights):
+def _dense_dispatch(x, ids, weights, w: moe_ops.ExpertWeights):
   """Differentiable per-(token, slot) reference: each slot multiplies by its expert's gathered weights."""
   gate = jnp.einsum("td,tkdf->tkf", x, w.gate[ids])
   up = jnp.einsum("td,tkdf->tkf", x, w.up[ids])
@@ -88,13 +88,13 @@ def test_gradients_match_a_dense_reference():
   kx, kw, kl = jax.random.split(jax.random.key(3), 3)
   tokens, experts, top_k, d, f = 24, 8, 2, 12, 20
   x = jax.random.normal(kx, (tokens, d))
-  w = moe.ExpertWeights(*(jax.random.normal(k, s) / np.sqrt(s[1]) for k, s in
+  w = moe_ops.ExpertWeights(*(jax.random.normal(k, s) / np.sqrt(s[1]) for k, s in
                           zip(jax.random.split(kw, 3), [(experts, d, f), (experts, d, f), (experts, f, d)])))
   _, ids = jax.lax.top_k(jax.random.normal(kl, (tokens, experts)) + jnp.linspace(0, 60, experts)[None, :], top_k)
   weights = jnp.full((tokens, top_k), 0.5)
   grad = lambda fn: jax.jit(jax.grad(lambda a, ew: jnp.sum(jnp.sin(fn(a, ids, weights, ew))), argnums=(0, 1)))(x, w)
   want = jax.tree.leaves(grad(_dense_dispatch))
   for impl in ("ragged", "tiled", "bucketed"):
-    got = jax.tree.leaves(grad(lambda *a, impl=impl: moe.dispatch_experts(*a, impl=impl)))
+    got = jax.tree.leaves(grad(lambda *a, impl=impl: moe_ops.dispatch_experts(*a, impl=impl)))
     for g, ref in zip(got, want):
       np.testing.assert_allclose(np.asarray(g), np.asarray(ref), atol=1e-5, rtol=1e-5, err_msg=impl)

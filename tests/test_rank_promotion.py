@@ -9,7 +9,7 @@ import pytest
 import dmax_jax
 from dmax_jax.decoding import DecodeOptions, generate
 from dmax_jax.config import MOE_IMPLS
-from dmax_jax.layers import moe
+from dmax_jax.layers import moe_ops
 
 
 @pytest.fixture(autouse=True)
@@ -41,9 +41,9 @@ def test_decoders(tiny_model, mode):
 def test_moe_kernels(impl):
   k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(k1, (6, 4))
-  w = moe.ExpertWeights(*(jax.random.normal(k, s) for k, s in zip(jax.random.split(k2, 3),
+  w = moe_ops.ExpertWeights(*(jax.random.normal(k, s) for k, s in zip(jax.random.split(k2, 3),
                                                                    [(8, 4, 5), (8, 4, 5), (8, 5, 4)])))
-  ids, weights = moe.route(jax.random.normal(k3, (6, 8)), jnp.zeros((8,)), top_k=2, n_group=4, topk_group=2,
+  ids, weights = moe_ops.route(jax.random.normal(k3, (6, 8)), jnp.zeros((8,)), top_k=2, n_group=4, topk_group=2,
                            routed_scaling_factor=1.0, norm_topk_prob=True)
-  out = jax.grad(lambda x: moe.dispatch_experts(x, ids, weights, w, impl=impl).sum())(x)
+  out = jax.grad(lambda x: moe_ops.dispatch_experts(x, ids, weights, w, impl=impl).sum())(x)
   assert out.shape == x.shape

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from dmax_jax.checkpoint import converted, hf_mapping
+from dmax_jax.checkpoint import hf_mapping, orbax_format
 from dmax_jax.checkpoint.hf_export import DEFAULT_SHARD_BYTES, ReadSlice, export_hf_weights
 from dmax_jax.checkpoint.hf_import import HFCheckpoint, dtype_name, variable_paths
 from dmax_jax.config import ModelConfig
@@ -97,11 +97,11 @@ def hf_to_jax(src: str, dst: str, dtype: Any = None, overwrite: bool = False,
   bias = ckpt.sources.get(EXPERT_BIAS)
   with staged_directory(dst, overwrite) as staging, ckpt.progress("hf-to-jax", progress) as bar:
     scratch = tempfile.mkdtemp(prefix=".buffers-", dir=staging)
-    converted.save_streaming(staging, cfg, lambda p, out: ckpt.fill(p, out, lambda _: bar.update()),
+    orbax_format.save_streaming(staging, cfg, lambda p, out: ckpt.fill(p, out, lambda _: bar.update()),
                              scratch)
     shutil.rmtree(scratch)
-    converted.copy_aux_files(src, staging)
-    converted.write_marker(
+    orbax_format.copy_aux_files(src, staging)
+    orbax_format.write_marker(
         staging, cfg.param_dtype, source_dtype=dtype_name(ckpt.dtype),
         source_buffer_dtype=dtype_name(bias[0].file.dtype(bias[0].name)) if bias else None)
   return Summary(ckpt.num_tensors, ckpt.num_bytes, time.perf_counter() - start)
@@ -137,7 +137,7 @@ def _write_hf(dst: str, cfg: ModelConfig, read: ReadSlice, source: str, param_dt
                                       on_tensor=lambda *_: bar.update())
     config_path = source
     if os.path.isdir(source):
-      converted.copy_aux_files(source, staging)
+      orbax_format.copy_aux_files(source, staging)
       config_path = os.path.join(source, "config.json")
     _write_hf_config(config_path, staging, param_dtype)
   return Summary(count, nbytes, time.perf_counter() - start)
@@ -155,9 +155,9 @@ def jax_to_hf(src: str, dst: str, merged_experts: bool = False, shard_size: str 
       in the original Hugging Face checkpoint (float32 if unknown).
   """
   _check_distinct(src, dst)
-  marker = converted.read_marker(src)
+  marker = orbax_format.read_marker(src)
   cfg = ModelConfig.from_json(src)
-  return _write_hf(dst, cfg, converted.LeafReader(src, cfg), src, dtype_name(dtype or marker["param_dtype"]),
+  return _write_hf(dst, cfg, orbax_format.LeafReader(src, cfg), src, dtype_name(dtype or marker["param_dtype"]),
                    marker.get("source_buffer_dtype") or "float32", merged_experts, shard_size, overwrite,
                    progress)
 

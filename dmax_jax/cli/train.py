@@ -11,7 +11,6 @@ Bad input (config, data, checkpoint, mesh) is one `error:` line and exit status 
 """
 
 import logging
-import sys
 
 from dmax_jax.cli.policy import Parser, command, nonnegative_int, positive_int
 

@@ -38,11 +38,11 @@ def attend(q_BxTxNxD, k_BxSxKxD, v_BxSxKxD, bias_Bx1xTxS) -> jax.Array:
   b, t, n, d = q_BxTxNxD.shape
   kv_heads = k_BxSxKxD.shape[2]
   q_BxTxKxQxD = q_BxTxNxD.reshape(b, t, kv_heads, n // kv_heads, d)
-  scores = jnp.einsum("btkgd,bskd->bkgts", q_BxTxKxQxD, k_BxSxKxD,
+  scores = jnp.einsum("btkqd,bskd->bkqts", q_BxTxKxQxD, k_BxSxKxD,
                       preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(d))
   scores = scores + bias_Bx1xTxS[:, :, None]
   probs = jax.nn.softmax(scores, axis=-1).astype(v_BxSxKxD.dtype)
-  out = jnp.einsum("bkgts,bskd->btkgd", probs, v_BxSxKxD)
+  out = jnp.einsum("bkqts,bskd->btkqd", probs, v_BxSxKxD)
   return out.reshape(b, t, n, d)
 
 

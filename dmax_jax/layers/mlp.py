@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from dmax_jax import sharding
 from dmax_jax.config import ModelConfig
-from dmax_jax.layers import moe
+from dmax_jax.layers import moe_ops
 from dmax_jax.layers.common import logical_param
 
 
@@ -54,31 +54,31 @@ class MoE(nn.Module):
     expert_bias = self.variable(
         "buffers", "expert_bias",
         nn.with_logical_partitioning(lambda: jnp.zeros((e,), jnp.float32), ("router_experts",))).value
-    experts = moe.ExpertWeights(
+    experts = moe_ops.ExpertWeights(
         gate=logical_param(self, "experts_gate", (e, h, f), ("expert", "embed", "moe_mlp")),
         up=logical_param(self, "experts_up", (e, h, f), ("expert", "embed", "moe_mlp")),
         down=logical_param(self, "experts_down", (e, f, h), ("expert", "moe_mlp", "embed")),
     )
     b, t, _ = x_BxTxH.shape
     x_TxH = x_BxTxH.reshape(b * t, h)
-    router_logits = jnp.einsum("nh,he->ne", x_TxH.astype(jnp.float32), w_router.astype(jnp.float32),
+    router_logits = jnp.einsum("th,he->te", x_TxH.astype(jnp.float32), w_router.astype(jnp.float32),
                                precision=jax.lax.Precision.HIGHEST)
     route_fn = functools.partial(
-        moe.route, top_k=cfg.num_experts_per_tok, n_group=cfg.n_group, topk_group=cfg.topk_group,
+        moe_ops.route, top_k=cfg.num_experts_per_tok, n_group=cfg.n_group, topk_group=cfg.topk_group,
         routed_scaling_factor=cfg.routed_scaling_factor, norm_topk_prob=cfg.norm_topk_prob)
     if cfg.parallelism == "expert_parallel" and jax.sharding.get_abstract_mesh().size > 1:
       expert_names = ("expert", "embed", "moe_mlp")
-      routed, expert_ids, weights = moe.expert_parallel_moe(
+      routed, expert_ids, weights = moe_ops.expert_parallel_moe(
           x_BxTxH.astype(dtype), router_logits.reshape(b, t, e), expert_bias,
           jax.tree.map(lambda w: w.astype(dtype), experts), route_fn=route_fn,
           token_spec=sharding.fitted_spec(("batch", "length", "act_embed"), x_BxTxH.shape),
           expert_axes=sharding.param_axes(expert_names, 0), mlp_axes=sharding.param_axes(expert_names, 2),
-          impl=cfg.moe_impl, max_tile=cfg.moe_tile_size)
+          impl=cfg.moe_impl, max_tile=cfg.moe_max_tile_rows)
       expert_ids, weights = expert_ids.reshape(b * t, -1), weights.reshape(b * t, -1)
     else:
       expert_ids, weights = route_fn(router_logits, expert_bias)
-      routed = moe.dispatch_experts(x_TxH.astype(dtype), expert_ids, weights, experts,
-                                    impl=cfg.moe_impl, max_tile=cfg.moe_tile_size)
+      routed = moe_ops.dispatch_experts(x_TxH.astype(dtype), expert_ids, weights, experts,
+                                    impl=cfg.moe_impl, max_tile=cfg.moe_max_tile_rows)
     self.sow("intermediates", "router", (router_logits, expert_ids, weights))
     out = routed.reshape(b, t, h)
     if cfg.num_shared_experts > 0:

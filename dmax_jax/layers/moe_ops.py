@@ -119,13 +119,13 @@ def _tiled_experts(rows_MxH, group_sizes_E, w: ExpertWeights, dtype, max_tile: i
   start_E = jnp.cumsum(group_sizes_E) - group_sizes_E
   expert_of_row_M = jnp.repeat(jnp.arange(num_experts), group_sizes_E, total_repeat_length=num_rows)
   padded_pos_M = padded_start_E[expert_of_row_M] + jnp.arange(num_rows) - start_E[expert_of_row_M]
-  tile_rows = jnp.zeros((num_tiles * m, dim), rows_MxH.dtype).at[padded_pos_M].set(rows_MxH)
-  tiles_IxmxH = tile_rows.reshape(num_tiles, m, dim)
+  rows_ImxH = jnp.zeros((num_tiles * m, dim), rows_MxH.dtype).at[padded_pos_M].set(rows_MxH)
+  tiles_IxmxH = rows_ImxH.reshape(num_tiles, m, dim)
   tile_expert_I = jnp.minimum(
       jnp.searchsorted(padded_end_E, jnp.arange(num_tiles) * m, side="right"), num_experts - 1)
-  gate = jnp.einsum("nmd,ndf->nmf", tiles_IxmxH, w.gate[tile_expert_I].astype(dtype))
-  up = jnp.einsum("nmd,ndf->nmf", tiles_IxmxH, w.up[tile_expert_I].astype(dtype))
-  out_IxmxH = jnp.einsum("nmf,nfd->nmd", _swiglu(gate, up), w.down[tile_expert_I].astype(dtype))
+  gate = jnp.einsum("imh,ihf->imf", tiles_IxmxH, w.gate[tile_expert_I].astype(dtype))
+  up = jnp.einsum("imh,ihf->imf", tiles_IxmxH, w.up[tile_expert_I].astype(dtype))
+  out_IxmxH = jnp.einsum("imf,ifh->imh", _swiglu(gate, up), w.down[tile_expert_I].astype(dtype))
   return out_IxmxH.reshape(num_tiles * m, dim)[padded_pos_M]
 
 
@@ -160,9 +160,9 @@ def _bucketed_experts(rows_MxH, group_sizes_E, w: ExpertWeights, dtype, max_tile
   bucket_pos_M = jnp.where(in_bucket_M, expert_of_row_M * c + slot_M, num_experts * c)
   buckets_ExCxH = (jnp.zeros((num_experts * c + 1, dim), rows_MxH.dtype).at[bucket_pos_M].set(rows_MxH)
                    [:-1].reshape(num_experts, c, dim))
-  gate = jnp.einsum("ecd,edf->ecf", buckets_ExCxH, w.gate.astype(dtype))
-  up = jnp.einsum("ecd,edf->ecf", buckets_ExCxH, w.up.astype(dtype))
-  out_ExCxH = jnp.einsum("ecf,efd->ecd", _swiglu(gate, up), w.down.astype(dtype))
+  gate = jnp.einsum("ech,ehf->ecf", buckets_ExCxH, w.gate.astype(dtype))
+  up = jnp.einsum("ech,ehf->ecf", buckets_ExCxH, w.up.astype(dtype))
+  out_ExCxH = jnp.einsum("ecf,efh->ech", _swiglu(gate, up), w.down.astype(dtype))
   flat_out = jnp.concatenate([out_ExCxH.reshape(num_experts * c, dim), jnp.zeros((1, dim), out_ExCxH.dtype)])
   out_MxH = flat_out[bucket_pos_M]
 
@@ -243,7 +243,7 @@ def dispatch_experts(x_TxH: jax.Array, expert_ids_TxA: jax.Array, weights_TxA: j
   out_MxH = _grouped_experts(rows_MxH, group_sizes_E, experts, impl, max_tile)
   unsorted_MxH = jnp.zeros_like(out_MxH).at[order_M].set(out_MxH)
   per_slot_TxAxH = unsorted_MxH.reshape(num_tokens, top_k, -1).astype(jnp.float32)
-  return jnp.einsum("tkd,tk->td", per_slot_TxAxH, weights_TxA).astype(x_TxH.dtype)
+  return jnp.einsum("tah,ta->th", per_slot_TxAxH, weights_TxA).astype(x_TxH.dtype)
 
 
 def _local_expert_outputs(x_UxH, local_ids_UxA, weights_UxA, experts: ExpertWeights, impl: str,

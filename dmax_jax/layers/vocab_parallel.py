@@ -32,7 +32,7 @@ def _pmin(x, axes):
 
 def _local_logits(hidden_TxH, w_HxV, axes):
   """Float32 logits of this device's vocabulary shard and the global id of its first column."""
-  logits_TxV = jnp.einsum("nd,dv->nv", hidden_TxH, w_HxV, preferred_element_type=jnp.float32)
+  logits_TxV = jnp.einsum("th,hv->tv", hidden_TxH, w_HxV, preferred_element_type=jnp.float32)
   first = jax.lax.axis_index(axes) * w_HxV.shape[1] if axes else 0
   return logits_TxV, first
 
