@@ -75,7 +75,8 @@ def decode_shard(model: Model, records: Sequence[dict[str, Any]], options: Decod
             unit="prompt", disable=not progress) as bar:
     for start in range(0, len(pending), batch_size * BATCHES_PER_CALL):
       ids = pending[start:start + batch_size * BATCHES_PER_CALL]
-      rows, _, _ = decode_batch(model, [prompts[i] for i in ids], options, batch_size, ids)
+      rows, _, _ = decode_batch(model, [prompts[i] for i in ids], options, batch_size, ids,
+                                queue_length=batch_size * BATCHES_PER_CALL)
       lines = []
       for i, row in zip(ids, rows):
         response = model.tokenizer.decode(row.ids, skip_special_tokens=True)

@@ -97,6 +97,8 @@ def test_decode_bad_checkpoint(bad, capsys, name, needle):
     (["--prompt-ids", "1,2", "--temperature", "-0.5"], "argument --temperature: must be >= 0"),
     (["--prompt-ids", "1,2", "--temperature", "nan"], "argument --temperature: must be >= 0"),
     (["--prompt-ids", "1,2", "--seed", "-1"], "argument --seed: must be >= 0"),
+    (["--prompt-ids", "1,2", "--batch-size", "2"], "--batch-size needs --batch-file"),
+    (["--prompt-ids", "1,2", "--batch-size", "0"], "argument --batch-size: must be a positive integer"),
     (["--prompt-ids", "1,2", "--gen-length", "ten"], "argument --gen-length: invalid"),
 ])
 def test_decode_bad_input(fixture_dir, capsys, argv, needle):

@@ -84,10 +84,11 @@ def test_killed_run_resumes_without_redoing_finished_samples(tiny_run, tmp_path,
       dst.write(text)
   decoded_rows = []
   real_generate = runner.generate
-  monkeypatch.setattr(runner, "generate", lambda cfg, v, prompts, *a, **k: decoded_rows.append(len(prompts)) or
-                      real_generate(cfg, v, prompts, *a, **k))
+  monkeypatch.setattr(runner, "generate", lambda cfg, v, prompts, *a, **k: decoded_rows.append(
+      (len(prompts), k["queue_length"])) or real_generate(cfg, v, prompts, *a, **k))
   assert _evaluate("--task", "tiny", "--limit", "8", "--batch-size", "8", "--output", out) == 0
-  assert decoded_rows == [8]  # one batch: the 3 unfinished samples, padded to the batch size
+  # one call: the 3 unfinished samples, in a queue padded with empty rows to the run's one compiled length
+  assert decoded_rows == [(3, 8 * runner.BATCHES_PER_CALL)]
   strip = lambda samples: [{k: v for k, v in s.items() if k != "seconds"} for s in samples]
   assert strip(_samples(out)) == strip(_samples(tiny_run))
   for key in ("accuracy", "strict", "lenient", "tpf_mean_of_ratios", "tpf_ratio_of_sums", "mean_nfe"):

@@ -87,6 +87,8 @@ def _chat_ids(tokenizer, message: str, strict: bool) -> list[int]:
 
 
 def _prompts(args, tokenizer) -> list[list[int]]:
+  if args.batch_size is not None and args.batch_file is None:
+    raise InputError("--batch-size needs --batch-file")
   if args.prompt_ids is not None:
     return [_parse_ids(args.prompt_ids)]
   if args.prompt is not None:

@@ -49,14 +49,12 @@ def put_rows(x_BxSx: jax.Array, update_BxTx: jax.Array, start_B: jax.Array) -> j
       x_BxSx, update_BxTx, start_B)
 
 
-def write(cache: LayerKV, kv: LayerKV, start_B: jax.Array, rows_B: jax.Array | None = None) -> LayerKV:
+def write(cache: LayerKV, kv: LayerKV, start_B: jax.Array, rows_B: jax.Array) -> LayerKV:
   """Stores this call's keys/values (`[layers, batch, T, ...]` or per-layer tuples, as the cache) at
-  positions `start[b]..` of each row (of the rows where `rows_B` is True, when given)."""
+  positions `start[b]..` of the rows where `rows_B` is True (the others keep theirs)."""
   def put_layer(c_BxSx, new_BxTx):
-    if rows_B is not None:
-      old = take_rows(c_BxSx, start_B, new_BxTx.shape[1])
-      new_BxTx = jnp.where(rows_B.reshape((-1,) + (1,) * (old.ndim - 1)), new_BxTx, old)
-    return put_rows(c_BxSx, new_BxTx, start_B)
+    old = take_rows(c_BxSx, start_B, new_BxTx.shape[1])
+    return put_rows(c_BxSx, jnp.where(rows_B.reshape((-1,) + (1,) * (old.ndim - 1)), new_BxTx, old), start_B)
 
   if isinstance(cache.k, tuple):
     put = lambda c, new: tuple(put_layer(c_l, n_l) for c_l, n_l in zip(c, new))

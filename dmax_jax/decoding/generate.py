@@ -34,9 +34,10 @@ from dmax_jax.model import LayerKV, apply_model, embed_tokens, lm_head
 
 @struct.dataclass
 class Trace:
-  """Per-step record; leading axes `[block iteration, step]`, then `[batch]` (and `[block_length]`)."""
-  taken: jax.Array          # bool: the row ran this step
-  block: jax.Array          # int32 [iterations, batch]: absolute block index
+  """Per-step record; leading axes `[block iteration, step, prompts]` (then `[block_length]`): a prompt's record
+  does not depend on the slot that decoded it."""
+  taken: jax.Array          # bool: the prompt ran this step
+  block: jax.Array          # int32 [iterations, prompts]: absolute block index
   tokens_before: jax.Array
   tokens_after: jax.Array
   argmax: jax.Array
@@ -60,8 +61,8 @@ class DecodeOutput:
 
 START_FRACTION = 0.5
 """Default `decode_padded(start_fraction=...)`. On a CPU a two-block forward costs about two block forwards, so
-starting blocks together pays; 0.5 was within 6% of the best of 0, 0.25, 0.5, 0.75 and 1 on DMax-tiny's mixed
-batch at batch 8 and 64 (`benchmarks/decode_bench.py --mixed-batch`)."""
+starting blocks together pays: on DMax-tiny's mixed batch 0.5 was the fastest of 0, 0.5 and 1 at batch 8 and 64
+(`benchmarks/decode_bench.py --mixed-batch`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,8 +206,10 @@ def _start_next(cfg: ModelConfig, st: Static, variables, queue: Queue, width: in
 
 
 def _refill(cfg: ModelConfig, st: Static, variables, queue: Queue, width: int, run: RunState) -> RunState:
-  """Fills free slots from the queue (continuous batching)."""
-  has_work = lambda r: (~r.slots.live).any() & (r.next_row < queue.tokens.shape[0])
+  """Fills free slots from the queue (continuous batching); it ends at the first row of length 0 (padding)."""
+  rows = queue.tokens.shape[0]
+  has_work = lambda r: ((~r.slots.live).any() & (r.next_row < rows)
+                        & (queue.layout.prompt_lens[jnp.minimum(r.next_row, rows - 1)] > 0))
   return jax.lax.while_loop(has_work, functools.partial(_start_next, cfg, st, variables, queue, width), run)
 
 
@@ -273,10 +276,10 @@ def _refine(cfg: ModelConfig, st: Static, variables, inputs: Inputs, keys_B, slo
   return slots, update, x0, p
 
 
-def _end_blocks(st: Static, queue: Queue, run: RunState, ended_B) -> RunState:
+def _end_blocks(st: Static, queue: Queue, s: Slots, out: DecodeOutput, ended_B) -> tuple[Slots, DecodeOutput]:
   """Commits the ended blocks, notes EOS (and fills after it when the rule says so), moves rows to their next
   block, and writes the rows that are finished into the output (freeing their slots)."""
-  s, blk_len = run.slots, st.block_length
+  blk_len = st.block_length
   start = s.block * blk_len
   tokens = kv_cache.put_rows(s.tokens, jnp.where(ended_B[:, None], s.x, kv_cache.take_rows(s.tokens, start, blk_len)),
                              start)
@@ -293,10 +296,9 @@ def _end_blocks(st: Static, queue: Queue, run: RunState, ended_B) -> RunState:
                     starting=s.starting | moves_on,
                     live=s.live & ~finished, eos=s.eos | has_eos)
   rows = jnp.where(finished, s.row, queue.tokens.shape[0])  # out of range: dropped
-  out = run.out.replace(tokens=run.out.tokens.at[rows].set(tokens, mode="drop"),
-                        nfe=run.out.nfe.at[rows].set(s.nfe, mode="drop"),
-                        stopped_by_eos=run.out.stopped_by_eos.at[rows].set(slots.eos, mode="drop"))
-  return run.replace(slots=slots, out=out)
+  out = out.replace(tokens=out.tokens.at[rows].set(tokens, mode="drop"), nfe=out.nfe.at[rows].set(s.nfe, mode="drop"),
+                    stopped_by_eos=out.stopped_by_eos.at[rows].set(slots.eos, mode="drop"))
+  return slots, out
 
 
 def _tick(cfg: ModelConfig, st: Static, variables, inputs: Inputs, queue: Queue, width: int, run: RunState) -> RunState:
@@ -315,8 +317,8 @@ def _tick(cfg: ModelConfig, st: Static, variables, inputs: Inputs, queue: Queue,
   if out.trace is not None:
     out = out.replace(trace=_record(out.trace, queue, before, runs, update, x0, p))
   ended = runs & ((update.stop != 0) | (s.step >= st.rule.max_steps))
+  s, out = jax.lax.cond(ended.any(), functools.partial(_end_blocks, st, queue), lambda *a: a[:2], s, out, ended)
   run = run.replace(slots=s, cache=cache, out=out)
-  run = jax.lax.cond(ended.any(), functools.partial(_end_blocks, st, queue), lambda r, _: r, run, ended)
   if st.slots < queue.tokens.shape[0]:
     run = _refill(cfg, st, variables, queue, width, run)
   return run
@@ -411,13 +413,14 @@ def decode_padded(cfg: ModelConfig, variables, prompt_ids_WxP, prompt_lens_W, op
                   start_fraction: float = START_FRACTION) -> DecodeOutput:
   """Runs the compiled decoder on padded prompts, `batch_size` rows at a time (default: all at once).
 
-  Each row of the batch moves on alone: a row that finishes a block starts its next block in the next forward
-  while the others keep refining theirs, and a row that finishes its prompt takes the next one from the queue
+  Each row of the batch moves on alone: a row that finishes a block starts its next block in a later forward
+  (see `start_fraction`) while the others keep refining theirs, and a row that finishes its prompt takes the next one from the queue
   (continuous batching), so the batch stays full until the queue is empty.
 
   Args:
     prompt_ids_WxP: `[prompts, width]` int prompt ids, row w valid up to `prompt_lens_W[w]` (any padding).
-    prompt_lens_W: `[prompts]` prompt lengths (1..width).
+    prompt_lens_W: `[prompts]` prompt lengths (1..width); rows of length 0 at the end are padding, never decoded
+      (so calls with fewer prompts reuse one compiled program).
     keys_W: typed PRNG keys `[prompts]` for sampling (default `row_keys(0, prompts)`); unused when greedy.
     batch_size: rows decoded at once (static; default all the prompts).
     start_fraction: a row that finished its block waits (idle, not counted) until at least this fraction of

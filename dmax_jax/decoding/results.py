@@ -7,6 +7,7 @@ import dataclasses
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from dmax_jax.config import ModelConfig
@@ -46,24 +47,25 @@ def pad_prompts(prompts: Sequence[Sequence[int]], width: int, pad_id: int = 0) -
 
 def generate(cfg: ModelConfig, variables, prompts: Sequence[Sequence[int]], options: DecodeOptions = DecodeOptions(),
              seed: int = 0, keys: jax.Array | None = None, prompt_width: int | None = None,
-             batch_size: int | None = None) -> list[RowResult]:
+             batch_size: int | None = None, queue_length: int | None = None) -> list[RowResult]:
   """Decodes prompts (lists of token ids, any lengths) in one compiled call, `batch_size` at a time (default
   all at once; a row that finishes takes the next prompt, see `decode_padded`).
 
   The prompts are padded to `prompt_width` (default: the bucket `block_length * 2^i` of the longest
-  prompt), so every call with the same number of prompts, batch size and bucket reuses one compiled program.
-  Prompt i samples with `keys[i]` (default fold_in(key(seed), i)). Each prompt's result equals decoding it
-  alone.
+  prompt) and the queue to `queue_length` rows (empty rows are never decoded), so every call with the same
+  queue length, batch size and bucket reuses one compiled program. Prompt i samples with `keys[i]` (default
+  fold_in(key(seed), i)). Each prompt's result equals decoding it alone.
   """
   validate_prompts(cfg, prompts, options)
   longest = max(len(p) for p in prompts)
   width = prompt_bucket(longest, options.block_length) if prompt_width is None else prompt_width
   if width < longest:
     raise ValueError(f"prompt_width {width} is shorter than the longest prompt ({longest})")
-  ids, lens = pad_prompts(prompts, width)
-  out = decode_padded(cfg, variables, ids, lens, options, row_keys(seed, len(prompts)) if keys is None else keys,
-                      batch_size)
-  return unpack(cfg, out, lens, options)
+  rows = max(len(prompts), queue_length or 0)
+  ids, lens = pad_prompts(list(prompts) + [[]] * (rows - len(prompts)), width)
+  keys = row_keys(seed, rows) if keys is None else jnp.concatenate([keys] + [keys[:1]] * (rows - len(prompts)))
+  out = decode_padded(cfg, variables, ids, lens, options, keys, batch_size)
+  return unpack(cfg, out, lens[:len(prompts)], options)
 
 
 def unpack(cfg: ModelConfig, out: DecodeOutput, prompt_lens: np.ndarray, options: DecodeOptions) -> list[RowResult]:

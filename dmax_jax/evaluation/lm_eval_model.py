@@ -69,7 +69,8 @@ class DMaxLM(LM):
     texts = []
     per_call = self.batch_size * BATCHES_PER_CALL
     for start in tqdm(range(0, len(prompts), per_call), disable=disable_tqdm, desc="dmax_jax"):
-      rows, _, _ = decode_batch(self.model, prompts[start:start + per_call], self.options, self.batch_size)
+      rows, _, _ = decode_batch(self.model, prompts[start:start + per_call], self.options, self.batch_size,
+                                range(start, min(start + per_call, len(prompts))), queue_length=per_call)
       for request, row in zip(requests[start:start + per_call], rows):
         self.counts.append((row.num_tokens, row.nfe))
         text = response_text(self.model, row, self.options)

@@ -119,20 +119,19 @@ finish take the next prompt) and append their samples after each call."""
 
 
 def decode_batch(model: Model, prompts: list[list[int]], options: DecodeOptions, batch_size: int,
-                 doc_ids: Sequence[int] | None = None, seed: int = 0,
-                 prompt_width: int | None = None) -> tuple[list[RowResult], float, float]:
+                 doc_ids: Sequence[int] | None = None, seed: int = 0, prompt_width: int | None = None,
+                 queue_length: int | None = None) -> tuple[list[RowResult], float, float]:
   """Rows of `prompts` decoded `batch_size` at a time in one compiled call (a row that finishes takes the next
-  prompt), wall seconds and the compile seconds within them. The prompts are padded to a multiple of
-  `batch_size` by repeating the first, so calls with as many batches and the same prompt bucket reuse one
-  compiled program (`prompt_width` fixes one width for every call). With `doc_ids`, sampling (temperature > 0)
-  draws from `sample_keys(seed, doc_ids)`: results do not depend on batching."""
+  prompt), wall seconds and the compile seconds within them. The queue is padded to `queue_length` rows (never
+  decoded; default `batch_size`), so calls of up to that many prompts in the same bucket reuse one compiled
+  program (`prompt_width` fixes one width for every call). With `doc_ids`, sampling (temperature > 0) draws
+  from `sample_keys(seed, doc_ids)`: results do not depend on batching."""
   width = prompt_width or prompt_bucket(max(len(p) for p in prompts), options.block_length)
-  fill = -len(prompts) % batch_size
-  keys = None if doc_ids is None else sample_keys(seed, list(doc_ids) + [doc_ids[0]] * fill)
+  keys = None if doc_ids is None else sample_keys(seed, doc_ids)
   compiled, start = compile_seconds(), time.perf_counter()
   with sharding.use_mesh(model.mesh) if model.mesh is not None else contextlib.nullcontext():
-    rows = generate(model.config, model.variables, prompts + [prompts[0]] * fill, options, keys=keys,
-                    prompt_width=width, batch_size=batch_size)[:len(prompts)]
+    rows = generate(model.config, model.variables, prompts, options, keys=keys, prompt_width=width,
+                    batch_size=batch_size, queue_length=queue_length or batch_size)
   return rows, time.perf_counter() - start, compile_seconds() - compiled
 
 
@@ -163,7 +162,8 @@ def evaluate(task: Task, records: Sequence[Record], model: Model, options: Decod
     bar.set_postfix_str(tally.postfix())
     for start in range(0, len(pending), batch_size * BATCHES_PER_CALL):
       ids = pending[start:start + batch_size * BATCHES_PER_CALL]
-      rows, seconds, compiled = decode_batch(model, [prompts[i] for i in ids], options, batch_size, ids, seed)
+      rows, seconds, compiled = decode_batch(model, [prompts[i] for i in ids], options, batch_size, ids, seed,
+                                             queue_length=batch_size * BATCHES_PER_CALL)
       compile_total += compiled
       per_row = (seconds - compiled) / len(ids)
       batch = [_sample(task, i, records[i], messages[i], response_text(model, row, options), row, per_row)

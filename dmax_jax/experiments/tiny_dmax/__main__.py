@@ -28,7 +28,7 @@ def parse_args(argv=None) -> tuple[pipeline.PipelineConfig, list[str], bool]:
   p.add_argument("--trajectory-prompts", type=int,
                  help=f"training prompts decoded by the base model for OPUT (default {defaults.trajectory_prompts})")
   p.add_argument("--test-problems", type=int, help=f"test problems per evaluation point (default {defaults.test_problems})")
-  p.add_argument("--decode-batch", type=int, help=f"prompts per compiled decoding call (default {defaults.decode_batch})")
+  p.add_argument("--decode-batch", type=int, help=f"rows decoded at once (default {defaults.decode_batch})")
   args = p.parse_args(argv)
   stages = [s.strip() for s in args.stages.split(",") if s.strip()]
   unknown = sorted(set(stages) - set(pipeline.STAGES))
