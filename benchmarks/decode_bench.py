@@ -114,7 +114,8 @@ def _lock_step_slots(trace, rows_per_batch: int) -> int:
   return int(sum(steps[:, i:i + rows_per_batch].max(1).sum() * steps[:, i:i + rows_per_batch].shape[1] for i in chunks))
 
 
-def mixed_batch(repeats: int, batches=(1, 8, 64), fractions=(0.0, 0.5, 1.0), n: int = 64) -> list[dict]:
+def mixed_batch(repeats: int, batches=(1, 8, 64), fractions=(0.0, 0.5, 1.0), n: int = 64,
+                gen_length: int = 64) -> list[dict]:
   """DMax-tiny on `n` tiny-task prompts at each batch size: one call per batch of prompts (a batch ends with its
   slowest row) versus one call over all prompts with a refilled batch (continuous batching)."""
   from dmax_jax.cli.decode import DEFAULT_CKPT
@@ -128,9 +129,9 @@ def mixed_batch(repeats: int, batches=(1, 8, 64), fractions=(0.0, 0.5, 1.0), n: 
   ids, lens = pad_prompts(prompts, prompt_bucket(max(map(len, prompts)), 32))
   rows = []
   for mode, threshold in (("spd", 0.5), ("threshold", 0.95)):
-    options = DecodeOptions(mode=mode, threshold=threshold, gen_length=64)
-    trace = decode_padded(cfg, variables, ids, lens, DecodeOptions(mode=mode, threshold=threshold, gen_length=64,
-                                                                  trace=True)).trace
+    options = DecodeOptions(mode=mode, threshold=threshold, gen_length=gen_length)
+    trace = decode_padded(cfg, variables, ids, lens, DecodeOptions(mode=mode, threshold=threshold,
+                                                                  gen_length=gen_length, trace=True)).trace
     for batch in batches:
       chunk_s, chunk_outs = _chunked(cfg, variables, prompts, options, batch, repeats)
       chunk_forwards = sum(int(o.batch_forwards) for o, _ in chunk_outs)
@@ -167,12 +168,17 @@ def main(argv=None) -> int:
   p.add_argument("--prompt-length", type=int, default=40, help="random prompt length")
   p.add_argument("--repeats", type=int, default=3, help="timed repeats (best is reported)")
   p.add_argument("--mixed-batch", action="store_true", help="only the mixed-batch run (DMax-tiny, see above)")
+  p.add_argument("--mixed-batch-sizes", default="1,8,64", help="batch sizes of the mixed-batch run")
+  p.add_argument("--mixed-start-fractions", default="0,0.5,1", help="start fractions of the mixed-batch run")
+  p.add_argument("--mixed-gen-length", type=int, default=64, help="generation length of the mixed-batch run")
   p.add_argument("--json", help="also write the results to this JSON file")
   args = p.parse_args(argv)
   jax.config.update("jax_default_matmul_precision", "highest")
   report = {"devices": str(jax.devices()), "runs": [], "sweep": []}
   if args.mixed_batch:
-    report["mixed_batch"] = mixed_batch(args.repeats)
+    report["mixed_batch"] = mixed_batch(args.repeats, tuple(map(int, args.mixed_batch_sizes.split(","))),
+                                        tuple(map(float, args.mixed_start_fractions.split(","))),
+                                        gen_length=args.mixed_gen_length)
     args.models = ""
   for name in filter(None, args.models.split(",")):
     cfg, variables = load(name)
