@@ -50,7 +50,7 @@ def block_step_args(cfg: ModelConfig, batch: int, block: int, context: int, mesh
       cache_spec = PartitionSpec(cache_spec[0], None, *cache_spec[2:])
   else:
     cache_spec = PartitionSpec()
-  kv_shape = (cfg.num_hidden_layers, batch, context, cfg.num_key_value_heads, cfg.head_dim)
+  kv_shape = (cfg.num_hidden_layers, batch, cfg.num_key_value_heads, context, cfg.head_dim)
   cache = LayerKV(sds(kv_shape, jnp.dtype(cfg.dtype), cache_spec), sds(kv_shape, jnp.dtype(cfg.dtype), cache_spec))
   return (variables, cache, sds((batch, block), jnp.int32), sds((batch, block, cfg.hidden_size), jnp.float32),
           sds((batch, block), jnp.bool_), sds((batch,), jnp.int32), sds((batch,), jnp.int32))

@@ -45,8 +45,8 @@ _REMAT_POLICIES = {
 
 
 class LayerKV(NamedTuple):
-  """Keys and values of every layer: each `[layers, batch, positions, kv_heads, head_dim]`, or with
-  `scan_layers=False` a tuple of per-layer `[batch, positions, kv_heads, head_dim]`; a model call's own keys and
+  """Keys and values of every layer: each `[layers, batch, kv_heads, positions, head_dim]`, or with
+  `scan_layers=False` a tuple of per-layer `[batch, kv_heads, positions, head_dim]`; a model call's own keys and
   values, a prefix it attends to, or the decoder's whole static cache."""
   k: jax.Array
   v: jax.Array
@@ -166,7 +166,7 @@ class Transformer(nn.Module):
       return_hidden: return final-normed hidden states instead of logits.
     Returns:
       `(logits [batch, seq, vocab] float32 | hidden [batch, seq, hidden], LayerKV of this call's
-      keys/values [layers, batch, seq, kv_heads, head_dim])`.
+      keys/values [layers, batch, kv_heads, seq, head_dim])`.
     """
     cfg = self.config
     cos_sin = rope_angles(positions_BxT, cfg.rotary_dim, cfg.rope_theta)

@@ -113,17 +113,17 @@ def test_take_rows_and_put_rows_use_each_rows_offset():
 
 
 def test_cache_writes_only_the_chosen_rows_and_one_row_from_a_batch_of_one():
-  zeros = jnp.zeros((2, 2, 5, 1, 1))  # [layers, batch, positions, kv_heads, head_dim]
-  kv = LayerKV(jnp.arange(1, 9.).reshape(2, 2, 2, 1, 1), -jnp.arange(1, 9.).reshape(2, 2, 2, 1, 1))
+  zeros = jnp.zeros((2, 2, 1, 5, 1))  # [layers, batch, kv_heads, positions, head_dim]
+  kv = LayerKV(jnp.arange(1, 9.).reshape(2, 2, 1, 2, 1), -jnp.arange(1, 9.).reshape(2, 2, 1, 2, 1))
   out = cache.write(LayerKV(zeros, zeros), kv, jnp.array([1, 3]), rows_B=jnp.array([False, True]))
-  assert out.k[..., 0, 0].tolist() == [[[0, 0, 0, 0, 0], [0, 0, 0, 3, 4]], [[0, 0, 0, 0, 0], [0, 0, 0, 7, 8]]]
-  assert out.v[1, 1, :, 0, 0].tolist() == [0, 0, 0, -7, -8]
-  per_layer = LayerKV((jnp.zeros((2, 3, 1, 1)),) * 2, (jnp.zeros((2, 3, 1, 1)),) * 2)  # scan_layers=False
-  one = LayerKV((jnp.full((1, 2, 1, 1), 5.),) * 2, (jnp.full((1, 2, 1, 1), 6.),) * 2)
+  assert out.k[:, :, 0, :, 0].tolist() == [[[0, 0, 0, 0, 0], [0, 0, 0, 3, 4]], [[0, 0, 0, 0, 0], [0, 0, 0, 7, 8]]]
+  assert out.v[1, 1, 0, :, 0].tolist() == [0, 0, 0, -7, -8]
+  per_layer = LayerKV((jnp.zeros((2, 1, 3, 1)),) * 2, (jnp.zeros((2, 1, 3, 1)),) * 2)  # scan_layers=False
+  one = LayerKV((jnp.full((1, 1, 2, 1), 5.),) * 2, (jnp.full((1, 1, 2, 1), 6.),) * 2)
   out = cache.write_row(per_layer, one, 1)
-  assert [layer[..., 0, 0].tolist() for layer in out.k] == [[[0, 0, 0], [5, 5, 0]]] * 2
-  stacked = cache.write_row(LayerKV(zeros, zeros), LayerKV(jnp.ones((2, 1, 2, 1, 1)), jnp.ones((2, 1, 2, 1, 1))), 0)
-  assert stacked.v[:, :, :, 0, 0].sum(-1).tolist() == [[2, 0], [2, 0]]
+  assert [layer[:, 0, :, 0].tolist() for layer in out.k] == [[[0, 0, 0], [5, 5, 0]]] * 2
+  stacked = cache.write_row(LayerKV(zeros, zeros), LayerKV(jnp.ones((2, 1, 1, 2, 1)), jnp.ones((2, 1, 1, 2, 1))), 0)
+  assert stacked.v[:, :, 0, :, 0].sum(-1).tolist() == [[2, 0], [2, 0]]
 
 
 def test_partial_rope_rotates_pairs_and_passes_the_rest():

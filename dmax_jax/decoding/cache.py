@@ -1,8 +1,9 @@
 """The static KV cache and per-row slicing: every row of a batch has its own block position.
 
-The cache follows the model's layer layout: stacked `[layers, batch, max_len, kv_heads, head_dim]` arrays
-(`scan_layers=True`), or tuples of per-layer `[batch, max_len, kv_heads, head_dim]` arrays (unrolled layers:
-a forward reads and writes each layer's array in place, nothing sliced out of a stack).
+The cache follows the model's layer layout: stacked `[layers, batch, kv_heads, max_len, head_dim]` arrays
+(`scan_layers=True`), or tuples of per-layer `[batch, kv_heads, max_len, head_dim]` arrays (unrolled layers:
+a forward reads and writes each layer's array in place, nothing sliced out of a stack). Heads-major, as
+attention reads it.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from dmax_jax.config import ModelConfig
 from dmax_jax.layers.attention import mask_to_bias
 from dmax_jax.model import LayerKV
 
-CACHE_AXES = ("layers", "batch", "cache_length", "act_kv_heads", "head_dim")
+CACHE_AXES = ("layers", "batch", "act_kv_heads", "cache_length", "head_dim")
+_POSITION_AXIS = -2  # of a cache array
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> LayerKV:
   """Zero cache in the compute dtype, in the layer layout of `cfg.scan_layers`."""
-  layer_shape = (batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
+  layer_shape = (batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
   if cfg.scan_layers:
     zeros = jnp.zeros((cfg.num_hidden_layers,) + layer_shape, jnp.dtype(cfg.dtype))
     return constrain(LayerKV(zeros, zeros))
@@ -35,26 +37,27 @@ def constrain(cache: LayerKV) -> LayerKV:
 
 def length(cache: LayerKV) -> int:
   """Positions the cache holds (`max_len`)."""
-  return jax.tree.leaves(cache.k)[0].shape[-3]
+  return jax.tree.leaves(cache.k)[0].shape[_POSITION_AXIS]
 
 
-def take_rows(x_BxSx: jax.Array, start_B: jax.Array, size: int) -> jax.Array:
-  """`x[b, start[b] : start[b] + size]` for every row b: `[batch, size, ...]`."""
-  return jax.vmap(lambda row, s: jax.lax.dynamic_slice_in_dim(row, s, size, axis=0))(x_BxSx, start_B)
+def take_rows(x_BxSx: jax.Array, start_B: jax.Array, size: int, axis: int = 1) -> jax.Array:
+  """`x[b, start[b] : start[b] + size]` for every row b (positions on `axis` of x): `[batch, size, ...]`."""
+  return jax.vmap(lambda row, s: jax.lax.dynamic_slice_in_dim(row, s, size, axis=axis - 1))(x_BxSx, start_B)
 
 
-def put_rows(x_BxSx: jax.Array, update_BxTx: jax.Array, start_B: jax.Array) -> jax.Array:
-  """Writes `update[b]` at `x[b, start[b]:]` for every row b."""
-  return jax.vmap(lambda row, u, s: jax.lax.dynamic_update_slice_in_dim(row, u, s, axis=0))(
+def put_rows(x_BxSx: jax.Array, update_BxTx: jax.Array, start_B: jax.Array, axis: int = 1) -> jax.Array:
+  """Writes `update[b]` at `x[b, start[b]:]` for every row b (positions on `axis` of x)."""
+  return jax.vmap(lambda row, u, s: jax.lax.dynamic_update_slice_in_dim(row, u, s, axis=axis - 1))(
       x_BxSx, update_BxTx, start_B)
 
 
 def write(cache: LayerKV, kv: LayerKV, start_B: jax.Array, rows_B: jax.Array) -> LayerKV:
-  """Stores this call's keys/values (`[layers, batch, T, ...]` or per-layer tuples, as the cache) at
-  positions `start[b]..` of the rows where `rows_B` is True (the others keep theirs)."""
-  def put_layer(c_BxSx, new_BxTx):
-    old = take_rows(c_BxSx, start_B, new_BxTx.shape[1])
-    return put_rows(c_BxSx, jnp.where(rows_B.reshape((-1,) + (1,) * (old.ndim - 1)), new_BxTx, old), start_B)
+  """Stores this call's keys/values (`[layers, batch, kv_heads, T, head_dim]` or per-layer tuples, as the cache)
+  at positions `start[b]..` of the rows where `rows_B` is True (the others keep theirs)."""
+  def put_layer(c_BxKxSxD, new_BxKxTxD):
+    old = take_rows(c_BxKxSxD, start_B, new_BxKxTxD.shape[2], axis=2)
+    new = jnp.where(rows_B.reshape((-1,) + (1,) * (old.ndim - 1)), new_BxKxTxD, old)
+    return put_rows(c_BxKxSxD, new, start_B, axis=2)
 
   if isinstance(cache.k, tuple):
     put = lambda c, new: tuple(put_layer(c_l, n_l) for c_l, n_l in zip(c, new))

@@ -125,7 +125,7 @@ class Slots:
 class RunState:
   """The loop's carry: one iteration (tick) is one forward of the whole batch."""
   slots: Slots
-  cache: LayerKV  # [layers, batch, max_len, kv_heads, head_dim] (or per-layer tuples)
+  cache: LayerKV  # [layers, batch, kv_heads, max_len, head_dim] (or per-layer tuples)
   next_row: jax.Array  # int32 scalar: the next queued prompt to start
   out: DecodeOutput   # [W] rows, each written when its prompt finishes
 
@@ -244,7 +244,7 @@ def _block_forward(cfg: ModelConfig, st: Static, variables, slots: Slots, cache)
   bias = kv_cache.attention_bias(kv_cache.length(cache), start, jnp.ones((blk_len, blk_len), bool))
   logits, _ = apply_model(cfg, variables, slots.emb, start[:, None] + jnp.arange(blk_len)[None, :], bias,
                           kv_prefix=cache)
-  kv = jax.tree.map(lambda c: jnp.zeros(c.shape[:-3] + (2 * blk_len,) + c.shape[-2:], c.dtype), cache)
+  kv = jax.tree.map(lambda c: jnp.zeros(c.shape[:-2] + (2 * blk_len,) + c.shape[-1:], c.dtype), cache)
   return logits, kv, start, slots
 
 

@@ -30,19 +30,21 @@ def mask_to_bias(mask: jax.Array | None, batch: int, q_len: int, kv_len: int) ->
   return jnp.maximum(mask.astype(jnp.float32), jnp.finfo(jnp.float32).min)
 
 
-def attend(q_BxTxNxD, k_BxSxKxD, v_BxSxKxD, bias_Bx1xTxS) -> jax.Array:
-  """Softmax attention with grouped KV heads; scores and softmax in float32.
+def attend(q_BxTxNxD, k_BxKxSxD, v_BxKxSxD, bias_Bx1xTxS) -> jax.Array:
+  """Softmax attention with grouped KV heads; scores and softmax in float32. Keys and values are heads-major
+  (`[batch, kv_heads, keys, head_dim]`, the cache's layout), so the batched matmuls over (batch, kv head)
+  read them in place instead of transposing them every call.
 
   Returns `[batch, q_len, heads, head_dim]` in the dtype of `q`.
   """
   b, t, n, d = q_BxTxNxD.shape
-  kv_heads = k_BxSxKxD.shape[2]
+  kv_heads = k_BxKxSxD.shape[1]
   q_BxTxKxQxD = q_BxTxNxD.reshape(b, t, kv_heads, n // kv_heads, d)
-  scores = jnp.einsum("btkqd,bskd->bkqts", q_BxTxKxQxD, k_BxSxKxD,
+  scores = jnp.einsum("btkqd,bksd->bkqts", q_BxTxKxQxD, k_BxKxSxD,
                       preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(d))
   scores = scores + bias_Bx1xTxS[:, :, None]
-  probs = jax.nn.softmax(scores, axis=-1).astype(v_BxSxKxD.dtype)
-  out = jnp.einsum("bkqts,bskd->btkqd", probs, v_BxSxKxD)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v_BxKxSxD.dtype)
+  out = jnp.einsum("bkqts,bksd->btkqd", probs, v_BxKxSxD)
   return out.reshape(b, t, n, d)
 
 
@@ -59,10 +61,10 @@ class Attention(nn.Module):
       x_BxTxH: normalised hidden states `[batch, seq, hidden]`.
       cos_sin: rotary tables from `rope_angles` for the `seq` positions.
       bias_Bx1xTxS: additive mask over `S = prefix_len + seq` keys.
-      kv_prefix: optional `(k, v)` each `[batch, prefix_len, kv_heads, head_dim]` (cached keys/values,
+      kv_prefix: optional `(k, v)` each `[batch, kv_heads, prefix_len, head_dim]` (cached keys/values,
         already normalised and rotated) placed before this call's keys.
     Returns:
-      `(out [batch, seq, hidden], (k, v))` with this call's keys/values `[batch, seq, kv_heads, head_dim]`.
+      `(out [batch, seq, hidden], (k, v))` with this call's keys/values `[batch, kv_heads, seq, head_dim]`.
     """
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
@@ -84,12 +86,12 @@ class Attention(nn.Module):
     q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", "head_dim"))
     # Every query position attends to every key: with positions sharded, this call's keys/values are
     # gathered (before joining the cache, which is not sharded by position).
-    k = nn.with_logical_constraint(k, ("batch", "kv_length", "act_kv_heads", "head_dim"))
-    v = nn.with_logical_constraint(v, ("batch", "kv_length", "act_kv_heads", "head_dim"))
+    k = nn.with_logical_constraint(k.transpose(0, 2, 1, 3), ("batch", "act_kv_heads", "kv_length", "head_dim"))
+    v = nn.with_logical_constraint(v.transpose(0, 2, 1, 3), ("batch", "act_kv_heads", "kv_length", "head_dim"))
     keys, values = k, v
     if kv_prefix is not None:
-      keys = jnp.concatenate([kv_prefix[0].astype(dtype), k], axis=1)
-      values = jnp.concatenate([kv_prefix[1].astype(dtype), v], axis=1)
+      keys = jnp.concatenate([kv_prefix[0].astype(dtype), k], axis=2)
+      values = jnp.concatenate([kv_prefix[1].astype(dtype), v], axis=2)
     out = attend(q, keys, values, bias_Bx1xTxS)
     out = jnp.einsum("btnd,ndh->bth", out, wo.astype(dtype))
     return out, (k, v)
