@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from decode_speed import best_seconds  # noqa: E402
 
 BATCH, BLOCK, KV_HEADS, Q_PER_KV, HEAD_DIM, LAYERS = 8, 32, 4, 2, 64, 8
 EINSUMS = {"positions-major": ("btkqd,bskd->bkqts", "bkqts,bskd->btkqd"),
@@ -39,13 +41,7 @@ def milliseconds(layout: str, positions: int) -> float:
       out = out + jnp.einsum(out_eq, probs, caches[2 * layer + 1])
     return out
 
-  jax.block_until_ready(attention(q, caches))
-  best = float("inf")
-  for _ in range(5):
-    t = time.perf_counter()
-    jax.block_until_ready(attention(q, caches))
-    best = min(best, time.perf_counter() - t)
-  return 1e3 * best
+  return 1e3 * best_seconds(attention, q, caches, repeats=5)
 
 
 def main() -> int:

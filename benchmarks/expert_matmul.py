@@ -15,7 +15,6 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 
 SETTINGS = {"default": ({}, []), "xnn": ({"XLA_FLAGS": "--xla_cpu_experimental_xnn_fusion_type=dot"}, []),
             "ynn": ({"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot"}, []),
@@ -39,14 +38,9 @@ def measure(rows_per_expert: int) -> tuple[float, float]:
       x_ExCxH = x_ExCxH + 1e-3 * jnp.einsum("ecf,efh->ech", act, down)
     return x_ExCxH
 
+  from decode_speed import best_seconds
   x = jax.random.normal(key, (EXPERTS, rows_per_expert, HIDDEN))
-  jax.block_until_ready(experts(x, layers))
-  best = float("inf")
-  for _ in range(5):
-    t = time.perf_counter()
-    jax.block_until_ready(experts(x, layers))
-    best = min(best, time.perf_counter() - t)
-  return best, LAYERS * 3 * EXPERTS * HIDDEN * WIDTH * 4
+  return best_seconds(experts, x, layers, repeats=5), LAYERS * 3 * EXPERTS * HIDDEN * WIDTH * 4
 
 
 def child(setting: str) -> None:
