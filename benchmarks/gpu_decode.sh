@@ -18,3 +18,7 @@ python benchmarks/decode_speed.py --models mid --json "$OUT/mid_float32.json" | 
 python benchmarks/decode_speed.py --models mid,experts256 --dtype bfloat16 --json "$OUT/mid_bf16.json" | tee "$OUT/mid_bf16.txt"
 python benchmarks/decode_speed.py --config configs/llada2_mini.json --dtype bfloat16 --layouts after \
     --gen-lengths 256,1024 --batches 1,8 --json "$OUT/llada2_mini_bf16.json" | tee "$OUT/llada2_mini_bf16.txt"
+# Continuous batching on the device: tokens/s of DMax-tiny's mixed batch at start fractions 0 / 0.5 / 1, to pick
+# the accelerator default of decode_padded(start_fraction=...) (0.5 is the CPU measurement).
+python benchmarks/decode_bench.py --mixed-batch --mixed-batch-sizes 1,8,64 --mixed-start-fractions 0,0.5,1 \
+    --json "$OUT/mixed_batch.json" | tee "$OUT/mixed_batch.txt"
