@@ -2,7 +2,8 @@
 """Decode attention of the mid model (8 layers, batch 8, a 32-token block, 4 KV heads x 2 query heads, head dim
 64) against a cache stored positions-major `[batch, positions, kv_heads, head_dim]` (the earlier layout) or
 heads-major `[batch, kv_heads, positions, head_dim]` (the cache's layout now), at the cache lengths of gen 256
-and gen 1024 (prompt 64): both einsums and the softmax, best of 5, both layouts in one run.
+and gen 1024 (prompt 64): both einsums and the softmax, best of 5, both layouts in one run, next to this machine's
+roofline for the attention's FLOPs and cache bytes (read bandwidth and matmul FLOP/s measured in the same run).
 
   python benchmarks/attention_layout.py
 """
@@ -18,7 +19,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from decode_speed import best_seconds  # noqa: E402
+from decode_speed import best_seconds, machine_roofline  # noqa: E402
 
 BATCH, BLOCK, KV_HEADS, Q_PER_KV, HEAD_DIM, LAYERS = 8, 32, 4, 2, 64, 8
 EINSUMS = {"positions-major": ("btkqd,bskd->bkqts", "bkqts,bskd->btkqd"),
@@ -44,12 +45,22 @@ def milliseconds(layout: str, positions: int) -> float:
   return 1e3 * best_seconds(attention, q, caches, repeats=5)
 
 
+def roofline_ms(positions: int, read: float, peak: float) -> float:
+  """Lower bound of the attention: its two einsums' FLOPs at the matmul peak, or its keys/values at the read
+  bandwidth."""
+  flops = LAYERS * 2 * 2 * BATCH * KV_HEADS * Q_PER_KV * BLOCK * positions * HEAD_DIM
+  cache_bytes = LAYERS * 2 * BATCH * KV_HEADS * positions * HEAD_DIM * 4
+  return 1e3 * max(flops / peak, cache_bytes / read)
+
+
 def main() -> int:
+  read, peak = machine_roofline("float32", 3)
   for gen in (256, 1024):
     positions = 64 + gen + BLOCK  # keys: decode_speed.py's cache (prompt 64 + gen) and the block itself
     times = {layout: milliseconds(layout, positions) for layout in EINSUMS}
-    print(f"{positions} keys: " + ", ".join(f"{k} {v:.1f} ms" for k, v in times.items())
-          + f" (x{times['positions-major'] / times['heads-major']:.2f})", flush=True)
+    roof = roofline_ms(positions, read, peak)
+    print(f"{positions} keys: " + ", ".join(f"{k} {v:.1f} ms (x{v / roof:.1f} roofline)" for k, v in times.items())
+          + f"; roofline {roof:.1f} ms (read {read / 1e9:.1f} GB/s, {peak / 1e9:.0f} GFLOP/s)", flush=True)
   return 0
 
 

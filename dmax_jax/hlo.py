@@ -100,9 +100,10 @@ def _base_kind(opcode: str) -> str | None:
 
 @dataclasses.dataclass
 class Module:
-  """Computations of an HLO module (their instruction lines) and how often each runs per call."""
+  """Computations of an HLO module (their instruction lines), how often each runs per call, the entry's name."""
   bodies: dict[str, list[str]]
   multiplier: dict[str, int]
+  entry: str
 
 
 def parse_module(hlo_text: str) -> Module:
@@ -134,8 +135,9 @@ def parse_module(hlo_text: str) -> Module:
     for callee, trips in calls.get(name, ()):
       visit(callee, factor * trips)
 
-  visit(entry if entry is not None else next(iter(bodies)), 1)
-  return Module(bodies, multiplier)
+  entry = entry if entry is not None else next(iter(bodies))
+  visit(entry, 1)
+  return Module(bodies, multiplier, entry)
 
 
 def parse(hlo_text: str) -> list[Collective]:

@@ -75,6 +75,12 @@ def write_row(cache: LayerKV, kv: LayerKV, row) -> LayerKV:
   return constrain(LayerKV(put(cache.k, kv.k), put(cache.v, kv.v)))
 
 
+def block_causal(length: int, blk_len: int) -> jax.Array:
+  """Keep mask `[length, length]` of consecutive blocks: a position sees its own block and the ones before."""
+  block_ids = jnp.arange(length) // blk_len
+  return block_ids[None, :] <= block_ids[:, None]
+
+
 def attention_bias(cache_len: int, start_B: jax.Array, keep_new_TxT: jax.Array) -> jax.Array:
   """Additive bias `[batch, 1, T, cache_len + T]` for T new tokens of each row placed at `start[b]`:
   cached keys are visible below `start[b]` (the rest of the cache is stale or unwritten), new keys as

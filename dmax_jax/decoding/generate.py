@@ -185,9 +185,8 @@ def _prefill_row(cfg: ModelConfig, variables, tokens_S, width: int, blk_len: int
   prefill_len = (width // blk_len) * blk_len
   if not prefill_len:
     return cache
-  block_ids = jnp.arange(prefill_len) // blk_len
   pre_ids = tokens_S[None, :prefill_len]
-  bias = kv_cache.attention_bias(0, jnp.zeros((1,), jnp.int32), block_ids[None, :] <= block_ids[:, None])
+  bias = kv_cache.attention_bias(0, jnp.zeros((1,), jnp.int32), kv_cache.block_causal(prefill_len, blk_len))
   _, kv = apply_model(cfg, variables, embed_tokens(cfg, variables, pre_ids), jnp.arange(prefill_len)[None], bias,
                       return_hidden=True)
   return kv_cache.write_row(cache, kv, slot)
@@ -229,8 +228,7 @@ def _window_forward(cfg: ModelConfig, st: Static, variables, slots: Slots, cache
   window = _embed(cfg, variables, kv_cache.take_rows(slots.tokens, win_start, 2 * blk_len))
   own_block = jnp.concatenate([slots.emb, jnp.zeros_like(slots.emb)], axis=1)
   win_emb = jnp.where(starting[:, None, None], window, own_block)
-  win_blocks = jnp.arange(2 * blk_len) // blk_len
-  bias = kv_cache.attention_bias(kv_cache.length(cache), win_start, win_blocks[None, :] <= win_blocks[:, None])
+  bias = kv_cache.attention_bias(kv_cache.length(cache), win_start, kv_cache.block_causal(2 * blk_len, blk_len))
   hidden, kv = apply_model(cfg, variables, win_emb, win_start[:, None] + jnp.arange(2 * blk_len)[None, :], bias,
                            kv_prefix=cache, return_hidden=True)
   logits = lm_head(cfg, variables, kv_cache.take_rows(hidden, start - win_start, blk_len))
@@ -264,15 +262,14 @@ def _record(trace: Trace, queue: Queue, slots: Slots, runs_B, update: rules.Upda
 def _refine(cfg: ModelConfig, st: Static, variables, inputs: Inputs, keys_B, slots: Slots, logits_BxTxV, runs_B):
   """One refinement step of the block of every row in `runs_B`. Returns (slots after it, the rule's update, x0,
   p)."""
-  live = runs_B
   noise = jax.vmap(jax.random.fold_in)(keys_B, slots.nfe) if st.sample else None
   x0, p = rules.pick_tokens(logits_BxTxV, inputs.temperature, noise)
   update = st.rule.update(slots.x, slots.active, x0, p, slots.step + 1, inputs.knobs)
   emb = st.rule.next_inputs(lambda ids: _embed(cfg, variables, ids), slots.emb, update, slots.active, p,
                             inputs.mask_emb, slots.starting)
-  slots = slots.replace(step=slots.step + live, x=jnp.where(live[:, None], update.tokens, slots.x),
-                        emb=jnp.where(live[:, None, None], emb, slots.emb), nfe=slots.nfe + live,
-                        starting=slots.starting & ~live)
+  slots = slots.replace(step=slots.step + runs_B, x=jnp.where(runs_B[:, None], update.tokens, slots.x),
+                        emb=jnp.where(runs_B[:, None, None], emb, slots.emb), nfe=slots.nfe + runs_B,
+                        starting=slots.starting & ~runs_B)
   return slots, update, x0, p
 
 
