@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dmax_jax.decoding import cache, rules
+from dmax_jax.layers.argmax import chunked_argmax
 from dmax_jax.layers.rope import apply_partial_rope, rope_angles
 from dmax_jax.model import LayerKV
 
@@ -20,6 +21,18 @@ def test_pick_tokens_greedy_argmax_ties_to_lower_id_and_its_probability():
   x0, p = rules.pick_tokens(logits, 1.0, None)
   assert x0.tolist() == [[1, 0]]
   np.testing.assert_allclose(p, [[0.6, 0.4]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("vocab", [256, 32768, 1000, 97])
+def test_argmax_matches_numpy_with_ties(vocab):
+  rng = np.random.default_rng(vocab)
+  x = rng.integers(0, 4, (3, 5, vocab)).astype(np.float32)  # many ties, some spanning chunks
+  x[0, 0] = 0.0
+  x[0, 1, vocab // 2] = 9.0
+  x[1, 2] = -np.inf
+  got = np.asarray(chunked_argmax(jnp.asarray(x)))
+  assert got.dtype == np.int32
+  np.testing.assert_array_equal(got, np.argmax(x, axis=-1))
 
 
 @pytest.mark.parametrize("x, active, x0, p, want_x, want_decoded, want_changed", [

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from dmax_jax.layers.argmax import chunked_argmax
+
 # Why an SPD block ended (per-row stop codes); threshold decoding reports BLOCK_DONE.
 NOT_STOPPED, ALL_ACTIVE_CONFIDENT, NO_CHANGE, MAX_STEPS, BLOCK_DONE = 0, 1, 2, 3, 4
 STOP_REASONS = {ALL_ACTIVE_CONFIDENT: "all_active_confident", NO_CHANGE: "no_change",
@@ -31,12 +33,12 @@ def pick_tokens(logits_BxTxV: jax.Array, temperature, noise_key_B: jax.Array | N
   if noise_key_B is not None:
     logits = logits / temperature
     gumbel = jax.vmap(lambda k: jax.random.gumbel(k, logits.shape[1:], jnp.float32))(noise_key_B)
-    x0 = jnp.argmax(logits + gumbel, axis=-1)
+    x0 = chunked_argmax(logits + gumbel)
   else:
-    x0 = jnp.argmax(logits, axis=-1)
+    x0 = chunked_argmax(logits)
   chosen = jnp.take_along_axis(logits, x0[..., None], axis=-1)[..., 0]
   p = jnp.exp(chosen - jax.nn.logsumexp(logits, axis=-1))
-  return x0.astype(jnp.int32), p
+  return x0, p
 
 
 def _leftmost(mask_BxT: jax.Array) -> jax.Array:

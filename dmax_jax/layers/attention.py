@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -30,22 +32,36 @@ def mask_to_bias(mask: jax.Array | None, batch: int, q_len: int, kv_len: int) ->
   return jnp.maximum(mask.astype(jnp.float32), jnp.finfo(jnp.float32).min)
 
 
-def attend(q_BxTxNxD, k_BxKxSxD, v_BxKxSxD, bias_Bx1xTxS) -> jax.Array:
+def attend(q_BxTxNxD, k_BxKxSxD, v_BxKxSxD, bias_Bx1xTxS, kv_prefix=None) -> jax.Array:
   """Softmax attention with grouped KV heads; scores and softmax in float32. Keys and values are heads-major
   (`[batch, kv_heads, keys, head_dim]`, the cache's layout), so the batched matmuls over (batch, kv head)
   read them in place instead of transposing them every call.
+
+  `kv_prefix = (k, v)`, each `[batch, kv_heads, P, head_dim]`, are keys/values before this call's (the
+  cache), and `bias_Bx1xTxS` then covers `P + S` keys. The prefix is attended as its own part of one
+  softmax (shared maximum and sum) instead of being concatenated with this call's keys, which would copy
+  the whole cache in every call; the sum divides the output, not the `[.., keys]` probabilities.
 
   Returns `[batch, q_len, heads, head_dim]` in the dtype of `q`.
   """
   b, t, n, d = q_BxTxNxD.shape
   kv_heads = k_BxKxSxD.shape[1]
   q_BxTxKxQxD = q_BxTxNxD.reshape(b, t, kv_heads, n // kv_heads, d)
-  scores = jnp.einsum("btkqd,bksd->bkqts", q_BxTxKxQxD, k_BxKxSxD,
-                      preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(d))
-  scores = scores + bias_Bx1xTxS[:, :, None]
-  probs = jax.nn.softmax(scores, axis=-1).astype(v_BxKxSxD.dtype)
-  out = jnp.einsum("bkqts,bksd->btkqd", probs, v_BxKxSxD)
-  return out.reshape(b, t, n, d)
+  parts = [(k_BxKxSxD, v_BxKxSxD)] if kv_prefix is None else [tuple(kv_prefix), (k_BxKxSxD, v_BxKxSxD)]
+  starts = [0] if kv_prefix is None else [0, kv_prefix[0].shape[2]]
+  scores = []
+  for (k, _), start in zip(parts, starts):
+    s = jnp.einsum("btkqd,bksd->bkqts", q_BxTxKxQxD, k, preferred_element_type=jnp.float32) / jnp.sqrt(
+        jnp.float32(d))
+    bias = bias_Bx1xTxS if bias_Bx1xTxS.shape[-1] == 1 else jax.lax.slice_in_dim(
+        bias_Bx1xTxS, start, start + k.shape[2], axis=-1)
+    scores.append(s + bias[:, :, None])
+  top_BxKxQxT = jax.lax.stop_gradient(functools.reduce(jnp.maximum, [s.max(-1) for s in scores]))
+  weights = [jnp.exp(s - top_BxKxQxT[..., None]) for s in scores]
+  total_BxKxQxT = sum(w.sum(-1) for w in weights)
+  out_BxKxQxTxD = sum(jnp.einsum("bkqts,bksd->bkqtd", w.astype(v.dtype), v, preferred_element_type=jnp.float32)
+                      for w, (_, v) in zip(weights, parts)) / total_BxKxQxT[..., None]
+  return out_BxKxQxTxD.transpose(0, 3, 1, 2, 4).reshape(b, t, n, d).astype(q_BxTxNxD.dtype)
 
 
 class Attention(nn.Module):
@@ -88,10 +104,7 @@ class Attention(nn.Module):
     # gathered (before joining the cache, which is not sharded by position).
     k = nn.with_logical_constraint(k.transpose(0, 2, 1, 3), ("batch", "act_kv_heads", "kv_length", "head_dim"))
     v = nn.with_logical_constraint(v.transpose(0, 2, 1, 3), ("batch", "act_kv_heads", "kv_length", "head_dim"))
-    keys, values = k, v
-    if kv_prefix is not None:
-      keys = jnp.concatenate([kv_prefix[0].astype(dtype), k], axis=2)
-      values = jnp.concatenate([kv_prefix[1].astype(dtype), v], axis=2)
-    out = attend(q, keys, values, bias_Bx1xTxS)
+    prefix = None if kv_prefix is None else tuple(a.astype(dtype) for a in kv_prefix)
+    out = attend(q, k, v, bias_Bx1xTxS, prefix)
     out = jnp.einsum("btnd,ndh->bth", out, wo.astype(dtype))
     return out, (k, v)
