@@ -142,6 +142,11 @@ def test_the_loop_never_copies_the_cache(tiny_model, prompts, scan_layers):
   module = hlo.parse_module(lowered.compile().as_text())
   copies = {name for name, lines in module.bodies.items() if any(f"= {shape}" in l and " copy(" in l for l in lines)}
   assert copies <= {module.entry}, copies
+  rows, kv_heads, positions, head_dim = jax.tree.leaves(cache.k)[0].shape[-4:]
+  block = _options("spd").block_length
+  cache_and_block = [f"f32[{r},{kv_heads},{positions + n * block},{head_dim}]"  # the cache's keys and a call's
+                     for r in (1, rows) for n in (1, 2)]
+  assert not [l for lines in module.bodies.values() for l in lines if any(f"= {s}" in l for s in cache_and_block)]
 
 
 @pytest.mark.parametrize("mesh_shape", [{"data": 2, "expert": 2, "tensor": 2},
