@@ -259,6 +259,7 @@ def _record(trace: Trace, queue: Queue, slots: Slots, runs_B, update: rules.Upda
                        stop=at(trace.stop, update.stop))
 
 
+@jax.named_scope("decode_rule")
 def _refine(cfg: ModelConfig, st: Static, variables, inputs: Inputs, keys_B, slots: Slots, logits_BxTxV, runs_B):
   """One refinement step of the block of every row in `runs_B`. Returns (slots after it, the rule's update, x0,
   p)."""

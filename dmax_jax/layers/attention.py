@@ -32,6 +32,7 @@ def mask_to_bias(mask: jax.Array | None, batch: int, q_len: int, kv_len: int) ->
   return jnp.maximum(mask.astype(jnp.float32), jnp.finfo(jnp.float32).min)
 
 
+@jax.named_scope("attend")
 def attend(q_BxTxNxD, k_BxKxSxD, v_BxKxSxD, bias_Bx1xTxS, kv_prefix=None) -> jax.Array:
   """Softmax attention with grouped KV heads; scores and softmax in float32. Keys and values are heads-major
   (`[batch, kv_heads, keys, head_dim]`, the cache's layout), so the batched matmuls over (batch, kv head)

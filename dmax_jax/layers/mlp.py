@@ -61,8 +61,9 @@ class MoE(nn.Module):
     )
     b, t, _ = x_BxTxH.shape
     x_TxH = x_BxTxH.reshape(b * t, h)
-    router_logits = jnp.einsum("th,he->te", x_TxH.astype(jnp.float32), w_router.astype(jnp.float32),
-                               precision=jax.lax.Precision.HIGHEST)
+    with jax.named_scope("router"):
+      router_logits = jnp.einsum("th,he->te", x_TxH.astype(jnp.float32), w_router.astype(jnp.float32),
+                                 precision=jax.lax.Precision.HIGHEST)
     route_fn = functools.partial(
         moe_ops.route, top_k=cfg.num_experts_per_tok, n_group=cfg.n_group, topk_group=cfg.topk_group,
         routed_scaling_factor=cfg.routed_scaling_factor, norm_topk_prob=cfg.norm_topk_prob)

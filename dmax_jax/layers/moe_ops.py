@@ -55,6 +55,7 @@ def _rank_descending(scores: jax.Array) -> jax.Array:
   return jnp.sum(beats, axis=-1)
 
 
+@jax.named_scope("router")
 def route(router_logits_TxE: jax.Array, expert_bias_E: jax.Array, *, top_k: int, n_group: int,
           topk_group: int, routed_scaling_factor: float, norm_topk_prob: bool
           ) -> tuple[jax.Array, jax.Array]:
@@ -158,8 +159,11 @@ def _bucketed_experts(rows_MxH, group_sizes_E, w: ExpertWeights, dtype, max_tile
   slot_M = jnp.arange(num_rows) - start_E[expert_of_row_M]
   in_bucket_M = (slot_M < c) & (jnp.arange(num_rows) < jnp.sum(group_sizes_E))
   bucket_pos_M = jnp.where(in_bucket_M, expert_of_row_M * c + slot_M, num_experts * c)
-  buckets_ExCxH = (jnp.zeros((num_experts * c + 1, dim), rows_MxH.dtype).at[bucket_pos_M].set(rows_MxH)
-                   [:-1].reshape(num_experts, c, dim))
+  padded_rows = jnp.concatenate([rows_MxH, jnp.zeros((c, dim), rows_MxH.dtype)])
+  slot_C = jnp.arange(c)
+  source_ExC = jnp.where(slot_C[None] < group_sizes_E[:, None], start_E[:, None] + slot_C[None],
+                         num_rows)  # a zero row
+  buckets_ExCxH = padded_rows[source_ExC]  # a gather: no zero-filled buffer to copy and scatter into
   gate = jnp.einsum("ech,ehf->ecf", buckets_ExCxH, w.gate.astype(dtype))
   up = jnp.einsum("ech,ehf->ecf", buckets_ExCxH, w.up.astype(dtype))
   out_ExCxH = jnp.einsum("ecf,efh->ech", _swiglu(gate, up), w.down.astype(dtype))
@@ -168,7 +172,6 @@ def _bucketed_experts(rows_MxH, group_sizes_E, w: ExpertWeights, dtype, max_tile
 
   extra_tiles_E = -(-jnp.maximum(group_sizes_E - c, 0) // c)
   tile_end_E = jnp.cumsum(extra_tiles_E)
-  padded_rows = jnp.concatenate([rows_MxH, jnp.zeros((c, dim), rows_MxH.dtype)])
   out_MxH = jnp.concatenate([out_MxH, jnp.zeros((c, dim), out_MxH.dtype)])
 
   def overflow_tile(i, out):
@@ -212,6 +215,7 @@ def resolve_impl(impl: str, num_rows: int, num_experts: int) -> str:
   return "bucketed" if num_rows <= BUCKETED_MAX_MEAN_ROWS * num_experts else "tiled"
 
 
+@jax.named_scope("expert_matmuls")
 def _grouped_experts(rows_MxH, group_sizes_E, experts: ExpertWeights, impl: str, max_tile: int):
   impl = resolve_impl(impl, rows_MxH.shape[0], group_sizes_E.shape[0])
   if impl == "ragged":
@@ -223,6 +227,7 @@ def _grouped_experts(rows_MxH, group_sizes_E, experts: ExpertWeights, impl: str,
   raise ValueError(f"unknown MoE implementation {impl!r}")
 
 
+@jax.named_scope("dispatch")
 def dispatch_experts(x_TxH: jax.Array, expert_ids_TxA: jax.Array, weights_TxA: jax.Array,
                      experts: ExpertWeights, *, impl: str = "auto", max_tile: int = 64) -> jax.Array:
   """Dropless routed-expert output `sum_k weight_k * expert_k(x)`.
@@ -241,11 +246,13 @@ def dispatch_experts(x_TxH: jax.Array, expert_ids_TxA: jax.Array, weights_TxA: j
   rows_MxH = x_TxH[order_M // top_k]
   group_sizes_E = jnp.bincount(flat_M, length=num_experts).astype(jnp.int32)
   out_MxH = _grouped_experts(rows_MxH, group_sizes_E, experts, impl, max_tile)
-  unsorted_MxH = jnp.zeros_like(out_MxH).at[order_M].set(out_MxH)
+  sorted_pos_M = jnp.zeros_like(order_M).at[order_M].set(jnp.arange(order_M.shape[0], dtype=order_M.dtype))
+  unsorted_MxH = out_MxH[sorted_pos_M]
   per_slot_TxAxH = unsorted_MxH.reshape(num_tokens, top_k, -1).astype(jnp.float32)
   return jnp.einsum("tah,ta->th", per_slot_TxAxH, weights_TxA).astype(x_TxH.dtype)
 
 
+@jax.named_scope("dispatch")
 def _local_expert_outputs(x_UxH, local_ids_UxA, weights_UxA, experts: ExpertWeights, impl: str,
                           max_tile: int) -> jax.Array:
   """`sum_k weight_k * expert_k(x)` over the assignments to this device's experts only.
