@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import functools
 import glob
 import gzip
 import json
@@ -28,15 +27,11 @@ import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from decode_speed import BLOCK, LAYOUTS, MODELS, PROMPT, best_seconds, step_args  # noqa: E402
-from dmax_jax import ModelConfig, init_variables  # noqa: E402
-from dmax_jax.decoding import DecodeOptions  # noqa: E402
-from dmax_jax.decoding.generate import block_step  # noqa: E402
-from dmax_jax.model import unstack_layers  # noqa: E402
+from decode_speed import LAYOUTS, MODELS, PROMPT, best_seconds, layout_steps, step_args  # noqa: E402
+from dmax_jax import ModelConfig  # noqa: E402
 
 # First match wins; matched against the instruction's op_name.
 PARTS = (
@@ -130,11 +125,7 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   for name in args.models.split(","):
     base = ModelConfig(**MODELS[name], param_dtype="float32", dtype="float32")
-    stacked = nn.unbox(init_variables(base, jax.random.key(0)))
-    for layout in args.layouts.split(","):
-      cfg = base.replace(**LAYOUTS[layout])
-      variables = stacked if cfg.scan_layers else unstack_layers(cfg, stacked)
-      step = jax.jit(functools.partial(block_step, cfg, DecodeOptions(mode="spd", block_length=BLOCK)))
+    for layout, cfg, variables, step in layout_steps(base, args.layouts.split(",")):
       for batch in map(int, args.batches.split(",")):
         wall, shares = profile(step, step_args(cfg, variables, batch, PROMPT + args.gen_length), args.forwards)
         total = sum(shares.values())

@@ -78,6 +78,16 @@ def machine_roofline(dtype: str, repeats: int) -> tuple[float, float]:
   return read, flops
 
 
+def layout_steps(base: ModelConfig, layouts: list[str]):
+  """Per layout of LAYOUTS: `(layout, config, variables, jitted SPD block step)` of random weights."""
+  stacked = nn.unbox(init_variables(base, jax.random.key(0)))
+  for layout in layouts:
+    cfg = base.replace(**LAYOUTS[layout])
+    variables = stacked if cfg.scan_layers else unstack_layers(cfg, stacked)
+    yield layout, cfg, variables, jax.jit(functools.partial(block_step, cfg, DecodeOptions(mode="spd",
+                                                                                           block_length=BLOCK)))
+
+
 def step_args(cfg: ModelConfig, variables, batch: int, context: int):
   rng = np.random.default_rng(0)
   cache = jax.tree.map(lambda z: jnp.asarray(rng.standard_normal(z.shape), z.dtype), init_cache(cfg, batch, context))
@@ -106,11 +116,7 @@ def main(argv=None) -> int:
       name: ModelConfig(**MODELS[name], **dtypes) for name in args.models.split(",")}
   bytes_per_value = 2 if args.dtype == "bfloat16" else 4
   for name, base in models.items():
-    stacked = nn.unbox(init_variables(base, jax.random.key(0)))
-    for layout in args.layouts.split(","):
-      cfg = base.replace(**LAYOUTS[layout])
-      variables = stacked if cfg.scan_layers else unstack_layers(cfg, stacked)
-      step = jax.jit(functools.partial(block_step, cfg, DecodeOptions(mode="spd", block_length=BLOCK)))
+    for layout, cfg, variables, step in layout_steps(base, args.layouts.split(",")):
       for batch in map(int, args.batches.split(",")):
         for gen in map(int, args.gen_lengths.split(",")):
           context = PROMPT + gen
@@ -125,7 +131,6 @@ def main(argv=None) -> int:
           print(f"{name:10s} {layout:6s} batch {batch} gen {gen:4d}: {row['ms_per_forward']:7.1f} ms/forward  "
                 f"(weights {row['weight_gb']:.2f} GB + cache {row['cache_gb']:.3f} GB, {row['gflop']:.1f} GFLOP; "
                 f"roofline {row['roofline_ms']:.1f} ms, x{row['x_roofline']:.2f})", flush=True)
-      del variables
   if args.json:
     from dmax_jax.io import write_text_atomic
     write_text_atomic(args.json, json.dumps(report, indent=1))

@@ -3,10 +3,18 @@
 (`[E, C, H] x [E, H, F]`, gate/up then down, `dmax_jax.layers.moe_ops`) over the mid model's 8 layers of expert
 weights (64 experts, hidden 512, width 256: 805 MB float32), against this machine's read bandwidth and matmul
 FLOP/s measured in the same process. C = 8 rows per expert is a batch-1 decode forward (32 tokens x top-8 over
-64 experts, with headroom), C = 48 batch 8. Each XLA:CPU library setting runs in its own process (XLA flags are
-read once per process):
+64 experts, with headroom), C = 48 batch 8.
 
-  python benchmarks/expert_matmul.py [--settings default,xnn,ynn,one_core]
+Besides the kernel's own formulation (`bucketed`), the same products written other ways, to see whether any
+streams the weights faster through XLA:CPU's dot kernels:
+  out_major:  weights stored `[E, F, H]` (the contraction on their minor axis);
+  weights_lhs: weights `[E, F, H]` as the left operand and the rows as columns (`[E, F, C]` outputs);
+  mul_reduce: a broadcast multiply and a sum over H (no dot);
+  gate_up:    gate and up concatenated into one `[E, H, 2F]` matmul.
+Each XLA:CPU library setting runs in its own process (XLA flags are read once per process):
+
+  python benchmarks/expert_matmul.py [--settings default,eigen,xnn,onednn,one_core] [--rows 1,2,4,8,16,48]
+      [--forms bucketed,out_major,weights_lhs,mul_reduce,gate_up]
 """
 
 from __future__ import annotations
@@ -16,59 +24,103 @@ import os
 import subprocess
 import sys
 
-SETTINGS = {"default": ({}, []), "xnn": ({"XLA_FLAGS": "--xla_cpu_experimental_xnn_fusion_type=dot"}, []),
-            "ynn": ({"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot"}, []),
+SETTINGS = {"default": ({}, []),
+            "eigen": ({"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type="}, []),
+            "xnn": ({"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type= "
+                                  "--xla_cpu_experimental_xnn_fusion_type=dot"}, []),
+            "onednn": ({"XLA_FLAGS": "--xla_cpu_experimental_onednn_fusion_type=dot"}, []),
             "one_core": ({}, ["taskset", "-c", "0"])}
 EXPERTS, HIDDEN, WIDTH, LAYERS = 64, 512, 256, 8
 
 
-def measure(rows_per_expert: int) -> tuple[float, float]:
-  """(seconds, bytes of weights) of the expert matmuls of all layers, best of 5."""
+def _forms():
   import jax
   import jax.numpy as jnp
-  key = jax.random.key(0)
-  shapes = ((EXPERTS, HIDDEN, WIDTH), (EXPERTS, HIDDEN, WIDTH), (EXPERTS, WIDTH, HIDDEN))
-  layers = [tuple(jax.random.normal(jax.random.fold_in(key, 3 * layer + i), s) for i, s in enumerate(shapes))
-            for layer in range(LAYERS)]
 
-  @jax.jit
-  def experts(x_ExCxH, layers):
-    for gate, up, down in layers:
-      act = jax.nn.silu(jnp.einsum("ech,ehf->ecf", x_ExCxH, gate)) * jnp.einsum("ech,ehf->ecf", x_ExCxH, up)
-      x_ExCxH = x_ExCxH + 1e-3 * jnp.einsum("ecf,efh->ech", act, down)
+  def bucketed(x_ExCxH, layers):
+    for gate_ExHxF, up_ExHxF, down_ExFxH in layers:
+      act = jax.nn.silu(jnp.einsum("ech,ehf->ecf", x_ExCxH, gate_ExHxF)) * jnp.einsum("ech,ehf->ecf", x_ExCxH, up_ExHxF)
+      x_ExCxH = x_ExCxH + 1e-3 * jnp.einsum("ecf,efh->ech", act, down_ExFxH)
     return x_ExCxH
 
+  def out_major(x_ExCxH, layers):
+    for gate_ExFxH, up_ExFxH, down_ExHxF in layers:
+      act = jax.nn.silu(jnp.einsum("ech,efh->ecf", x_ExCxH, gate_ExFxH)) * jnp.einsum("ech,efh->ecf", x_ExCxH, up_ExFxH)
+      x_ExCxH = x_ExCxH + 1e-3 * jnp.einsum("ecf,ehf->ech", act, down_ExHxF)
+    return x_ExCxH
+
+  def weights_lhs(x_ExCxH, layers):
+    x_ExHxC = jnp.swapaxes(x_ExCxH, 1, 2)
+    for gate_ExFxH, up_ExFxH, down_ExHxF in layers:
+      act = jax.nn.silu(jnp.einsum("ehc,efh->efc", x_ExHxC, gate_ExFxH)) * jnp.einsum("ehc,efh->efc", x_ExHxC, up_ExFxH)
+      x_ExHxC = x_ExHxC + 1e-3 * jnp.einsum("efc,ehf->ehc", act, down_ExHxF)
+    return jnp.swapaxes(x_ExHxC, 1, 2)
+
+  def mul_reduce(x_ExCxH, layers):
+    for gate_ExHxF, up_ExHxF, down_ExFxH in layers:
+      gate = (x_ExCxH[..., None] * gate_ExHxF[:, None]).sum(2)
+      up = (x_ExCxH[..., None] * up_ExHxF[:, None]).sum(2)
+      x_ExCxH = x_ExCxH + 1e-3 * ((jax.nn.silu(gate) * up)[..., None] * down_ExFxH[:, None]).sum(2)
+    return x_ExCxH
+
+  def gate_up(x_ExCxH, layers):
+    for gate_up_ExHx2F, down_ExFxH in layers:
+      both = jnp.einsum("ech,ehf->ecf", x_ExCxH, gate_up_ExHx2F)
+      act = jax.nn.silu(both[..., :WIDTH]) * both[..., WIDTH:]
+      x_ExCxH = x_ExCxH + 1e-3 * jnp.einsum("ecf,efh->ech", act, down_ExFxH)
+    return x_ExCxH
+
+  out_major_layout = lambda gate, up, down: (jnp.swapaxes(gate, 1, 2), jnp.swapaxes(up, 1, 2), jnp.swapaxes(down, 1, 2))
+  return {"bucketed": (bucketed, lambda *w: w), "out_major": (out_major, out_major_layout),
+          "weights_lhs": (weights_lhs, out_major_layout), "mul_reduce": (mul_reduce, lambda *w: w),
+          "gate_up": (gate_up, lambda gate, up, down: (jnp.concatenate([gate, up], -1), down))}
+
+
+def measure(form: str, rows_per_expert: int) -> tuple[float, int]:
+  """(seconds, bytes of weights) of the expert matmuls of all layers, best of 5."""
+  import jax
+  fn, layout = _forms()[form]
+  key = jax.random.key(0)
+  shapes = ((EXPERTS, HIDDEN, WIDTH), (EXPERTS, HIDDEN, WIDTH), (EXPERTS, WIDTH, HIDDEN))
+  layers = [jax.block_until_ready(layout(*(jax.random.normal(jax.random.fold_in(key, 3 * layer + i), s)
+                                           for i, s in enumerate(shapes))))
+            for layer in range(LAYERS)]
   from decode_speed import best_seconds
   x = jax.random.normal(key, (EXPERTS, rows_per_expert, HIDDEN))
-  return best_seconds(experts, x, layers, repeats=5), LAYERS * 3 * EXPERTS * HIDDEN * WIDTH * 4
+  return best_seconds(jax.jit(fn), x, layers, repeats=5), LAYERS * 3 * EXPERTS * HIDDEN * WIDTH * 4
 
 
-def child(setting: str) -> None:
+def child(setting: str, forms: list[str], rows: list[int]) -> None:
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   from decode_speed import machine_roofline
   read, peak = machine_roofline("float32", 3)
-  for rows in (8, 48):
-    secs, nbytes = measure(rows)
-    flops = LAYERS * 3 * 2 * EXPERTS * rows * HIDDEN * WIDTH
-    floor = max(nbytes / read, flops / peak)
-    print(f"{setting:9s} C={rows:2d}: {secs * 1e3:6.1f} ms, weights streamed at {nbytes / secs / 1e9:5.1f} GB/s "
-          f"(machine reads {read / 1e9:.1f}), {flops / secs / 1e9:5.0f} GFLOP/s (peak {peak / 1e9:.0f}); "
-          f"x{secs / floor:.2f} the roofline", flush=True)
+  print(f"{setting}: machine reads {read / 1e9:.1f} GB/s, multiplies at {peak / 1e9:.0f} GFLOP/s", flush=True)
+  for form in forms:
+    for c in rows:
+      secs, nbytes = measure(form, c)
+      flops = LAYERS * 3 * 2 * EXPERTS * c * HIDDEN * WIDTH
+      floor = max(nbytes / read, flops / peak)
+      print(f"  {form:11s} C={c:2d}: {secs * 1e3:6.1f} ms, weights streamed at {nbytes / secs / 1e9:5.1f} GB/s, "
+            f"{flops / secs / 1e9:5.0f} GFLOP/s; x{secs / floor:.2f} the roofline", flush=True)
 
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--settings", default="default,xnn,ynn,one_core", help=f"comma list of {sorted(SETTINGS)}")
+  p.add_argument("--settings", default="default,eigen,xnn,onednn,one_core", help=f"comma list of {sorted(SETTINGS)}")
+  p.add_argument("--forms", default="bucketed", help="comma list of bucketed, out_major, weights_lhs, mul_reduce, "
+                                                      "gate_up")
+  p.add_argument("--rows", default="8,48", help="rows per expert (C), comma list")
   p.add_argument("--child", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
+  forms, rows = args.forms.split(","), [int(c) for c in args.rows.split(",")]
   if args.child:
-    child(args.child)
+    child(args.child, forms, rows)
     return 0
   for setting in args.settings.split(","):
     env, prefix = SETTINGS[setting]
-    subprocess.run(prefix + [sys.executable, os.path.abspath(__file__), "--child", setting],
-                   env={**os.environ, **env}, check=True)
+    subprocess.run(prefix + [sys.executable, os.path.abspath(__file__), "--child", setting, "--forms", args.forms,
+                             "--rows", args.rows], env={**os.environ, **env}, check=True)
   return 0
 
 
