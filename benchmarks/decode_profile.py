@@ -47,7 +47,7 @@ PARTS = (
     ("norms, residuals, embedding", r"norm|/add|embed"),
 )
 CONTAINERS = ("while", "conditional", "call")
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = .*? ([a-z][\w\-]*)\(.*?(?:op_name=\"([^\"]*)\")?")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = .*? ([a-z][\w\-]*)\(")
 
 
 def instruction_ops(hlo_text: str) -> dict[str, tuple[str, str]]:

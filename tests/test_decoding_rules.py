@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dmax_jax.decoding import cache, rules
-from dmax_jax.layers.argmax import chunked_argmax
+from dmax_jax.layers.argmax import chunked_argmax, chunked_max_argmax
 from dmax_jax.layers.rope import apply_partial_rope, rope_angles
 from dmax_jax.model import LayerKV
 
@@ -33,6 +33,7 @@ def test_argmax_matches_numpy_with_ties(vocab):
   got = np.asarray(chunked_argmax(jnp.asarray(x)))
   assert got.dtype == np.int32
   np.testing.assert_array_equal(got, np.argmax(x, axis=-1))
+  np.testing.assert_array_equal(np.asarray(chunked_max_argmax(jnp.asarray(x))[0]), np.max(x, axis=-1))
 
 
 @pytest.mark.parametrize("x, active, x0, p, want_x, want_decoded, want_changed", [

@@ -48,15 +48,15 @@ def attend(q_BxTxNxD, k_BxKxSxD, v_BxKxSxD, bias_Bx1xTxS, kv_prefix=None) -> jax
   b, t, n, d = q_BxTxNxD.shape
   kv_heads = k_BxKxSxD.shape[1]
   q_BxTxKxQxD = q_BxTxNxD.reshape(b, t, kv_heads, n // kv_heads, d)
-  parts = [(k_BxKxSxD, v_BxKxSxD)] if kv_prefix is None else [tuple(kv_prefix), (k_BxKxSxD, v_BxKxSxD)]
-  starts = [0] if kv_prefix is None else [0, kv_prefix[0].shape[2]]
-  scores = []
-  for (k, _), start in zip(parts, starts):
+  parts = ([] if kv_prefix is None else [tuple(kv_prefix)]) + [(k_BxKxSxD, v_BxKxSxD)]
+  scores, start = [], 0
+  for k, _ in parts:
     s = jnp.einsum("btkqd,bksd->bkqts", q_BxTxKxQxD, k, preferred_element_type=jnp.float32) / jnp.sqrt(
         jnp.float32(d))
-    bias = bias_Bx1xTxS if bias_Bx1xTxS.shape[-1] == 1 else jax.lax.slice_in_dim(
-        bias_Bx1xTxS, start, start + k.shape[2], axis=-1)
+    keys = k.shape[2]
+    bias = bias_Bx1xTxS if bias_Bx1xTxS.shape[-1] == 1 else bias_Bx1xTxS[..., start:start + keys]  # 1 = all keys
     scores.append(s + bias[:, :, None])
+    start += keys
   top_BxKxQxT = jax.lax.stop_gradient(functools.reduce(jnp.maximum, [s.max(-1) for s in scores]))
   weights = [jnp.exp(s - top_BxKxQxT[..., None]) for s in scores]
   total_BxKxQxT = sum(w.sum(-1) for w in weights)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from dmax_jax import sharding
-from dmax_jax.layers.argmax import chunked_argmax
+from dmax_jax.layers.argmax import chunked_max_argmax
 
 
 def _psum(x, axes):
@@ -51,8 +51,8 @@ def _cross_entropy(hidden_TxH, w_HxV, targets_T, axes):
 
 def _argmax(hidden_TxH, w_HxV, axes):
   logits_TxV, first = _local_logits(hidden_TxH, w_HxV, axes)
-  best_T = jnp.max(logits_TxV, axis=-1)
-  index_T = chunked_argmax(logits_TxV) + first
+  best_T, index_T = chunked_max_argmax(logits_TxV)
+  index_T = index_T + first
   is_best_T = best_T == _pmax(best_T, axes)
   return _pmin(jnp.where(is_best_T, index_T, jnp.iinfo(jnp.int32).max), axes)  # lowest id wins ties
 
