@@ -11,18 +11,25 @@ streams the weights faster through XLA:CPU's dot kernels:
   weights_lhs: weights `[E, F, H]` as the left operand and the rows as columns (`[E, F, C]` outputs);
   mul_reduce: a broadcast multiply and a sum over H (no dot);
   gate_up:    gate and up concatenated into one `[E, H, 2F]` matmul.
+And, outside XLA, a hand-written C++ reference of the same products (`native/expert_matmul_ref.cc`, built here
+with `$CXX`, default g++, `-O3 -march=native -fopenmp`; one thread per core), to show what this machine does for
+the same bytes and FLOPs:
+  native_in_major: the project's weight layout `[E, H, F]`;
+  native_packed:   weights in 64-column panels `[E, F/64, H, 64]` (contiguous per panel).
 Each XLA:CPU library setting runs in its own process (XLA flags are read once per process):
 
   python benchmarks/expert_matmul.py [--settings default,eigen,xnn,onednn,one_core] [--rows 1,2,4,8,16,48]
-      [--forms bucketed,out_major,weights_lhs,mul_reduce,gate_up]
+      [--forms bucketed,out_major,weights_lhs,mul_reduce,gate_up,native_in_major,native_packed]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import subprocess
 import sys
+import tempfile
 
 SETTINGS = {"default": ({}, []),
             "eigen": ({"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type="}, []),
@@ -76,8 +83,31 @@ def _forms():
           "gate_up": (gate_up, lambda gate, up, down: (jnp.concatenate([gate, up], -1), down))}
 
 
+@functools.cache
+def _native_binary() -> str:
+  source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "expert_matmul_ref.cc")
+  binary = os.path.join(tempfile.mkdtemp(prefix="expert_matmul_ref"), "expert_matmul_ref")
+  subprocess.run([os.environ.get("CXX", "g++"), "-O3", "-march=native", "-fopenmp", "-std=c++17", source, "-o",
+                  binary], check=True)
+  return binary
+
+
+def _measure_native(layout: str, rows_per_expert: int) -> float:
+  """Seconds of the C++ reference over the same products: every layer's gate and up (`[H, F]`), then its
+  down (`[F, H]`), each best of 5."""
+  def run(k: int, n: int, matrices: int) -> float:
+    out = subprocess.run([_native_binary(), layout, str(EXPERTS), str(k), str(n), str(matrices), str(rows_per_expert),
+                          "5"], check=True, capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": str(os.cpu_count())})
+    return float(out.stdout)
+  return run(HIDDEN, WIDTH, 2 * LAYERS) + run(WIDTH, HIDDEN, LAYERS)
+
+
 def measure(form: str, rows_per_expert: int) -> tuple[float, int]:
   """(seconds, bytes of weights) of the expert matmuls of all layers, best of 5."""
+  nbytes = LAYERS * 3 * EXPERTS * HIDDEN * WIDTH * 4
+  if form.startswith("native_"):
+    return _measure_native(form.removeprefix("native_"), rows_per_expert), nbytes
   import jax
   fn, layout = _forms()[form]
   key = jax.random.key(0)
@@ -87,7 +117,7 @@ def measure(form: str, rows_per_expert: int) -> tuple[float, int]:
             for layer in range(LAYERS)]
   from decode_speed import best_seconds
   x = jax.random.normal(key, (EXPERTS, rows_per_expert, HIDDEN))
-  return best_seconds(jax.jit(fn), x, layers, repeats=5), LAYERS * 3 * EXPERTS * HIDDEN * WIDTH * 4
+  return best_seconds(jax.jit(fn), x, layers, repeats=5), nbytes
 
 
 def child(setting: str, forms: list[str], rows: list[int]) -> None:
@@ -109,7 +139,7 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--settings", default="default,eigen,xnn,onednn,one_core", help=f"comma list of {sorted(SETTINGS)}")
   p.add_argument("--forms", default="bucketed", help="comma list of bucketed, out_major, weights_lhs, mul_reduce, "
-                                                      "gate_up")
+                                                      "gate_up, native_in_major, native_packed")
   p.add_argument("--rows", default="8,48", help="rows per expert (C), comma list")
   p.add_argument("--child", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
