@@ -3,7 +3,9 @@
 
 One SPD block step (`dmax_jax.decoding.generate.block_step`: a block of 32 tokens per row against the static
 KV cache, then the SPD rule) of random LLaDA2-MoE models, timed compiled (best of --repeats), at batch 1
-and 8 and at the cache lengths of gen 256 and gen 1024 (prompt 64). Two layouts in one run:
+and 8 and at the cache lengths of gen 256 and gen 1024 (prompt 64): the decode's last block (the cache filled)
+and the mean over --positions blocks spread over the decode (attention reads the cache only as far as it is
+filled, to the next of `dmax_jax.layers.attention.prefix_sizes`). Two layouts in one run:
   before: layers scanned over stacked weights, `tiled` MoE kernel (the earlier default);
   after:  layers unrolled over per-layer weights and cache (`scan_layers=False`, what decode.py loads),
           `auto` MoE kernel (`bucketed` at these shapes on CPU).
@@ -88,12 +90,14 @@ def layout_steps(base: ModelConfig, layouts: list[str]):
                                                                                            block_length=BLOCK)))
 
 
-def step_args(cfg: ModelConfig, variables, batch: int, context: int):
+def step_args(cfg: ModelConfig, variables, batch: int, context: int, start: int | None = None):
+  """Arguments of one block step of every row at `start` (default: the last block before the window's end)."""
+  start = context - 2 * BLOCK if start is None else start
   rng = np.random.default_rng(0)
   cache = jax.tree.map(lambda z: jnp.asarray(rng.standard_normal(z.shape), z.dtype), init_cache(cfg, batch, context))
   return (variables, cache, jnp.asarray(rng.integers(0, 1000, (batch, BLOCK)), jnp.int32),
           jnp.asarray(rng.standard_normal((batch, BLOCK, cfg.hidden_size)), jnp.float32),
-          jnp.ones((batch, BLOCK), bool), jnp.full((batch,), context - 2 * BLOCK, jnp.int32),
+          jnp.ones((batch, BLOCK), bool), jnp.full((batch,), start, jnp.int32),
           jnp.zeros((batch,), jnp.int32))
 
 
@@ -106,6 +110,9 @@ def main(argv=None) -> int:
   p.add_argument("--gen-lengths", default="256,1024", help="cache length = prompt 64 + this")
   p.add_argument("--layouts", default="before,after", help=f"comma list of {sorted(LAYOUTS)}")
   p.add_argument("--repeats", type=int, default=3, help="timed repeats (best is reported)")
+  p.add_argument("--positions", type=int, default=5,
+                 help="blocks, evenly spaced over the generation, whose mean is a whole decode's ms per forward "
+                      "(attention reads the cache only as far as it is filled); 1 = the last block only")
   p.add_argument("--json", help="also write the results here")
   args = p.parse_args(argv)
   read, peak = machine_roofline(args.dtype, args.repeats)
@@ -121,14 +128,20 @@ def main(argv=None) -> int:
         for gen in map(int, args.gen_lengths.split(",")):
           context = PROMPT + gen
           secs = best_seconds(step, *step_args(cfg, variables, batch, context), repeats=args.repeats)
+          starts = np.linspace(PROMPT, context - 2 * BLOCK, args.positions).astype(int) // BLOCK * BLOCK
+          mean_secs = np.mean([secs if start == context - 2 * BLOCK else
+                               best_seconds(step, *step_args(cfg, variables, batch, context, start),
+                                            repeats=args.repeats) for start in starts])
           c = cost.forward_cost(cfg, batch, BLOCK, context, bytes_per_value, bytes_per_value)
           roof = max(c.bytes / read, c.flops / peak)
           row = {"model": name, "layout": layout, "batch": batch, "gen_length": gen, "ms_per_forward": 1e3 * secs,
+                 "ms_per_forward_mean_over_decode": 1e3 * mean_secs,
                  "tokens_per_s_at_tpf1": batch / secs, "weight_gb": c.weight_bytes / 1e9,
                  "cache_gb": c.cache_bytes / 1e9, "gflop": c.flops / 1e9, "roofline_ms": 1e3 * roof,
                  "x_roofline": secs / roof}
           report["rows"].append(row)
-          print(f"{name:10s} {layout:6s} batch {batch} gen {gen:4d}: {row['ms_per_forward']:7.1f} ms/forward  "
+          print(f"{name:10s} {layout:6s} batch {batch} gen {gen:4d}: {row['ms_per_forward']:7.1f} ms/forward "
+                f"(last block; mean over the decode {1e3 * mean_secs:.1f})  "
                 f"(weights {row['weight_gb']:.2f} GB + cache {row['cache_gb']:.3f} GB, {row['gflop']:.1f} GFLOP; "
                 f"roofline {row['roofline_ms']:.1f} ms, x{row['x_roofline']:.2f})", flush=True)
   if args.json:

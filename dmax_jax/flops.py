@@ -86,7 +86,8 @@ def jaxpr_matmul_flops(jaxpr: Any, by_primitive: dict[str, int] | None = None, m
   """Matmul FLOPs of a (closed) jaxpr, scan bodies multiplied by their length.
 
   `by_primitive`, when given, accumulates FLOPs per primitive name (`dot_general`, `ragged_dot`, ...).
-  A `while` loop with a data-dependent trip count is counted once per iteration of its body.
+  A `while` loop with a data-dependent trip count is counted once per iteration of its body; a `cond` (or
+  `switch`) as its most expensive branch.
   """
   jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
   total = 0
@@ -96,6 +97,16 @@ def jaxpr_matmul_flops(jaxpr: Any, by_primitive: dict[str, int] | None = None, m
       flops = multiplier * _dot_general_flops(eqn)
     elif name.startswith("ragged_dot"):
       flops = multiplier * _ragged_dot_flops(eqn)
+    elif name == "cond":
+      counted = []
+      for branch in eqn.params["branches"]:
+        per: dict[str, int] = {}
+        counted.append((jaxpr_matmul_flops(branch, per, multiplier), per))
+      flops, per = max(counted, key=lambda c: c[0])
+      for primitive, n in per.items() if by_primitive is not None else ():
+        by_primitive[primitive] = by_primitive.get(primitive, 0) + n
+      total += flops
+      continue
     else:
       flops = 0
       inner = multiplier * (eqn.params["length"] if name == "scan" else 1)

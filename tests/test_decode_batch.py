@@ -12,6 +12,8 @@ from dmax_jax.decoding import DecodeOptions, decode_padded, generate, pad_prompt
 from dmax_jax.decoding.cache import init_cache
 from dmax_jax.decoding.generate import _generate, decoder_call, lower_decoder, max_length, row_keys
 from dmax_jax.decoding.reference import reference_output
+from dmax_jax.layers import attention
+from dmax_jax.layers.attention import prefix_sizes
 from dmax_jax.model import unstack_layers, variable_shardings
 
 # lengths cover P < block, P a multiple of the block, and rows whose first block differs
@@ -64,6 +66,37 @@ def test_sampling_follows_row_keys(tiny_model, prompts):
   assert [r.generated for r in got] != [r.generated for r in greedy]
 
 
+def _generate_with_cut_min(cut_min, *args, **kw):
+  """`generate` with attention's smallest prefix cut at `cut_min` keys (compiled anew, and the programs compiled
+  with it dropped afterwards)."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(attention, "PREFIX_CUT_MIN", cut_min)
+    jax.clear_caches()
+    try:
+      return generate(*args, **kw)
+    finally:
+      jax.clear_caches()
+
+
+def test_cut_cache_prefix_equals_the_whole_cache(tiny_model):
+  """Attention over the cache only up to the next of `prefix_sizes` past what is filled, with the smallest cut
+  lowered to 64 keys so that a fixture-sized decode uses it: a 40-token prompt (cache of 104) cuts the cache to
+  64 keys while it is filled up to that, then attends all of it. Same tokens, steps and confidences as the
+  decoder without cuts (which the tests above hold to the eager reference; `tests/test_attend.py` holds the cut
+  attention to a numpy softmax)."""
+  cfg, variables = tiny_model
+  prompts = [np.random.default_rng(0).integers(0, 250, 40).tolist()]
+  options = DecodeOptions(mode="spd", block_length=8, gen_length=40, threshold=0.5, trace=True)
+  (cut,) = _generate_with_cut_min(64, cfg, variables, prompts, options)
+  (whole,) = _generate_with_cut_min(1 << 30, cfg, variables, prompts, options)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(attention, "PREFIX_CUT_MIN", 64)
+    assert prefix_sizes(max_length(64, options)) == (64, 104)
+  assert {s["block"] for s in cut.trace} == {5, 6, 7, 8, 9}  # filled 40 to 64 (cut to 64), then 72 (all 104)
+  assert _fields(cut) == _fields(whole)
+  _assert_same_steps(cut.trace, whole.trace)
+
+
 def _list_schedule(work, slots):
   """Batch forwards needed when prompt i takes `work[i]` forwards, in order, each starting as soon as a row is
   free and no row waiting for another."""
@@ -82,8 +115,11 @@ def _assert_same_steps(got, want):
 
 
 @pytest.mark.parametrize("mode, batch_size, temperature, start_fraction", [
-    ("spd", 4, 0.0, 0.0), ("spd", 3, 0.0, 0.0), ("threshold", 2, 0.0, 0.0), ("spd", 1, 0.0, 0.0),
-    ("spd", 3, 0.8, 0.0), ("spd", 4, 0.0, 0.5), ("threshold", 3, 0.0, 1.0)])
+    ("spd", 4, 0.0, 0.0), ("spd", 3, 0.8, 0.0), ("spd", 4, 0.0, 0.5), ("threshold", 3, 0.0, 1.0),
+    # the schedules above with other batch sizes or the other rule: in `pytest -m slow` (keeps the default
+    # suite short)
+    pytest.param("spd", 3, 0.0, 0.0, marks=pytest.mark.slow), pytest.param("spd", 1, 0.0, 0.0, marks=pytest.mark.slow),
+    pytest.param("threshold", 2, 0.0, 0.0, marks=pytest.mark.slow)])
 def test_rows_move_on_alone_and_refill(tiny_model, prompts, mode, batch_size, temperature, start_fraction):
   cfg, variables = tiny_model
   options = _options(mode, trace=True, temperature=temperature)

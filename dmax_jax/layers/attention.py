@@ -32,6 +32,23 @@ def mask_to_bias(mask: jax.Array | None, batch: int, q_len: int, kv_len: int) ->
   return jnp.maximum(mask.astype(jnp.float32), jnp.finfo(jnp.float32).min)
 
 
+# A cache prefix longer than this is attended only up to the last key some query sees, rounded up to one of
+# `prefix_sizes`.
+PREFIX_CUT_MIN = 256
+
+
+def prefix_sizes(prefix_len: int) -> tuple[int, ...]:
+  """The static key counts `attend` may cut a prefix of `prefix_len` keys to: from `PREFIX_CUT_MIN` up in
+  steps of 1.5x (multiples of 128), then the whole prefix. A cut copies the kept keys and values (XLA
+  materialises the slice), about a third of what attending them costs, so only cuts to at most 3/4 of the
+  prefix are offered."""
+  sizes, n = [], PREFIX_CUT_MIN
+  while n <= 0.75 * prefix_len:
+    sizes.append(n)
+    n = 128 * -(-(3 * n // 2) // 128)
+  return tuple(sizes) + (prefix_len,)
+
+
 @jax.named_scope("attend")
 def attend(q_BxTxNxD, k_BxKxSxD, v_BxKxSxD, bias_Bx1xTxS, kv_prefix=None) -> jax.Array:
   """Softmax attention with grouped KV heads; scores and softmax in float32. Keys and values are heads-major
@@ -42,21 +59,40 @@ def attend(q_BxTxNxD, k_BxKxSxD, v_BxKxSxD, bias_Bx1xTxS, kv_prefix=None) -> jax
   cache), and `bias_Bx1xTxS` then covers `P + S` keys. The prefix is attended as its own part of one
   softmax (shared maximum and sum) instead of being concatenated with this call's keys, which would copy
   the whole cache in every call; the sum divides the output, not the `[.., keys]` probabilities.
+  Prefix keys past the last one any query sees (bias above the float32 minimum, which `mask_to_bias` gives
+  hidden keys) are skipped, to the next of `prefix_sizes(P)`: a decoder's cache costs what is filled,
+  not its static length. (A query that sees no key at all averages the values it is given, so there the
+  result depends on the cut.)
 
   Returns `[batch, q_len, heads, head_dim]` in the dtype of `q`.
   """
+  own = (k_BxKxSxD, v_BxKxSxD)
+  if kv_prefix is None:
+    return _softmax_attend(q_BxTxNxD, [own], [bias_Bx1xTxS])
+  prefix_k, prefix_v = kv_prefix
+  p = prefix_k.shape[2]
+  if bias_Bx1xTxS.shape[-1] == 1:  # every key seen
+    return _softmax_attend(q_BxTxNxD, [(prefix_k, prefix_v), own], [bias_Bx1xTxS, bias_Bx1xTxS])
+  prefix_bias, own_bias = bias_Bx1xTxS[..., :p], bias_Bx1xTxS[..., p:]
+  sizes = prefix_sizes(p)
+  if len(sizes) == 1:
+    return _softmax_attend(q_BxTxNxD, [(prefix_k, prefix_v), own], [prefix_bias, own_bias])
+  seen_P = (prefix_bias > jnp.finfo(prefix_bias.dtype).min).any(axis=(0, 1, 2))
+  needed = jnp.max(jnp.where(seen_P, jnp.arange(1, p + 1), 0))
+
+  def cut(n):
+    return lambda: _softmax_attend(q_BxTxNxD, [(prefix_k[:, :, :n], prefix_v[:, :, :n]), own],
+                                   [prefix_bias[..., :n], own_bias])
+  return jax.lax.switch(jnp.searchsorted(jnp.asarray(sizes), needed), [cut(n) for n in sizes])
+
+
+def _softmax_attend(q_BxTxNxD, parts, biases) -> jax.Array:
+  """One softmax over the keys of all `parts` (`(k, v)` pairs, heads-major), each with its bias."""
   b, t, n, d = q_BxTxNxD.shape
-  kv_heads = k_BxKxSxD.shape[1]
+  kv_heads = parts[0][0].shape[1]
   q_BxTxKxQxD = q_BxTxNxD.reshape(b, t, kv_heads, n // kv_heads, d)
-  parts = ([] if kv_prefix is None else [tuple(kv_prefix)]) + [(k_BxKxSxD, v_BxKxSxD)]
-  scores, start = [], 0
-  for k, _ in parts:
-    s = jnp.einsum("btkqd,bksd->bkqts", q_BxTxKxQxD, k, preferred_element_type=jnp.float32) / jnp.sqrt(
-        jnp.float32(d))
-    keys = k.shape[2]
-    bias = bias_Bx1xTxS if bias_Bx1xTxS.shape[-1] == 1 else bias_Bx1xTxS[..., start:start + keys]  # 1 = all keys
-    scores.append(s + bias[:, :, None])
-    start += keys
+  scores = [jnp.einsum("btkqd,bksd->bkqts", q_BxTxKxQxD, k, preferred_element_type=jnp.float32)
+            / jnp.sqrt(jnp.float32(d)) + bias[:, :, None] for (k, _), bias in zip(parts, biases)]
   top_BxKxQxT = jax.lax.stop_gradient(functools.reduce(jnp.maximum, [s.max(-1) for s in scores]))
   weights = [jnp.exp(s - top_BxKxQxT[..., None]) for s in scores]
   total_BxKxQxT = sum(w.sum(-1) for w in weights)
