@@ -29,7 +29,7 @@ def test_forward_and_oput_loss_gradient(tiny_model):
     assert jnp.isfinite(jax.grad(loss)(variables, weighting)["params"]["embedding"]).all()
 
 
-@pytest.mark.parametrize("mode", ["spd", "threshold"])
+@pytest.mark.parametrize("mode", ["spd", pytest.param("threshold", marks=pytest.mark.slow)])
 def test_decoders(tiny_model, mode):
   cfg, variables = tiny_model
   rows = generate(cfg, variables, [[207, 226, 139, 65, 149], [3, 4]],

@@ -46,7 +46,7 @@ def _assert_params_close(a, b, atol):
 
 
 @pytest.mark.parametrize("mesh_shape", [pytest.param({"fsdp": 8}, marks=pytest.mark.slow),
-                                        {"data": 2, "fsdp": 2, "expert": 2},
+                                        pytest.param({"data": 2, "fsdp": 2, "expert": 2}, marks=pytest.mark.slow),
                                         {"fsdp": 2, "expert": 2, "tensor": 2},
                                         pytest.param({"data": 8}, marks=pytest.mark.slow)])
 def test_sharded_step_equals_single_device(tiny_model, host_batch, single_device_step, mesh_shape):
