@@ -115,10 +115,10 @@ def _assert_same_steps(got, want):
 
 
 @pytest.mark.parametrize("mode, batch_size, temperature, start_fraction", [
-    ("spd", 4, 0.0, 0.0), ("spd", 3, 0.8, 0.0), ("spd", 4, 0.0, 0.5), ("threshold", 3, 0.0, 1.0),
-    # the schedules above with other batch sizes or the other rule: in `pytest -m slow` (keeps the default
-    # suite short)
-    pytest.param("spd", 3, 0.0, 0.0, marks=pytest.mark.slow), pytest.param("spd", 1, 0.0, 0.0, marks=pytest.mark.slow),
+    ("spd", 3, 0.8, 0.0), ("spd", 4, 0.0, 0.5), ("threshold", 3, 0.0, 1.0),
+    # the schedules above greedy, with other batch sizes or the other rule: in `pytest -m slow` (keeps the
+    # default suite short)
+    pytest.param("spd", 4, 0.0, 0.0, marks=pytest.mark.slow), pytest.param("spd", 3, 0.0, 0.0, marks=pytest.mark.slow), pytest.param("spd", 1, 0.0, 0.0, marks=pytest.mark.slow),
     pytest.param("threshold", 2, 0.0, 0.0, marks=pytest.mark.slow)])
 def test_rows_move_on_alone_and_refill(tiny_model, prompts, mode, batch_size, temperature, start_fraction):
   cfg, variables = tiny_model
