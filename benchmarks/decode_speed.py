@@ -116,6 +116,7 @@ def main(argv=None) -> int:
   p.add_argument("--json", help="also write the results here")
   args = p.parse_args(argv)
   read, peak = machine_roofline(args.dtype, args.repeats)
+  machine = cost.Chip("this machine", read, peak)
   print(f"machine: read {read / 1e9:.1f} GB/s, matmul {peak / 1e9:.0f} GFLOP/s ({args.dtype}, {jax.devices()[0]})")
   report = {"read_bytes_per_s": read, "matmul_flops_per_s": peak, "rows": []}
   dtypes = dict(param_dtype=args.dtype, dtype=args.dtype)
@@ -132,16 +133,20 @@ def main(argv=None) -> int:
           mean_secs = np.mean([secs if start == context - 2 * BLOCK else
                                best_seconds(step, *step_args(cfg, variables, batch, context, start),
                                             repeats=args.repeats) for start in starts])
+          roofline = lambda keys: cost.forward_cost(cfg, batch, BLOCK, keys, bytes_per_value,
+                                                    bytes_per_value).seconds(machine)
           c = cost.forward_cost(cfg, batch, BLOCK, context, bytes_per_value, bytes_per_value)
-          roof = max(c.bytes / read, c.flops / peak)
+          roof = roofline(context)
+          mean_roof = np.mean([roofline(start) for start in starts])  # a block at `start` must read `start` keys
           row = {"model": name, "layout": layout, "batch": batch, "gen_length": gen, "ms_per_forward": 1e3 * secs,
-                 "ms_per_forward_mean_over_decode": 1e3 * mean_secs,
+                 "ms_per_forward_mean_over_decode": 1e3 * mean_secs, "mean_roofline_ms": 1e3 * mean_roof,
+                 "x_roofline_mean_over_decode": mean_secs / mean_roof,
                  "tokens_per_s_at_tpf1": batch / secs, "weight_gb": c.weight_bytes / 1e9,
                  "cache_gb": c.cache_bytes / 1e9, "gflop": c.flops / 1e9, "roofline_ms": 1e3 * roof,
                  "x_roofline": secs / roof}
           report["rows"].append(row)
           print(f"{name:10s} {layout:6s} batch {batch} gen {gen:4d}: {row['ms_per_forward']:7.1f} ms/forward "
-                f"(last block; mean over the decode {1e3 * mean_secs:.1f})  "
+                f"(last block; mean over the decode {1e3 * mean_secs:.1f}, x{mean_secs / mean_roof:.2f} its roofline)  "
                 f"(weights {row['weight_gb']:.2f} GB + cache {row['cache_gb']:.3f} GB, {row['gflop']:.1f} GFLOP; "
                 f"roofline {row['roofline_ms']:.1f} ms, x{row['x_roofline']:.2f})", flush=True)
   if args.json:

@@ -25,8 +25,10 @@ Each XLA:CPU library setting runs in its own process (XLA flags are read once pe
 from __future__ import annotations
 
 import argparse
+import atexit
 import functools
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -86,7 +88,9 @@ def _forms():
 @functools.cache
 def _native_binary() -> str:
   source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "expert_matmul_ref.cc")
-  binary = os.path.join(tempfile.mkdtemp(prefix="expert_matmul_ref"), "expert_matmul_ref")
+  build_dir = tempfile.mkdtemp(prefix="expert_matmul_ref")
+  atexit.register(shutil.rmtree, build_dir, ignore_errors=True)
+  binary = os.path.join(build_dir, "expert_matmul_ref")
   subprocess.run([os.environ.get("CXX", "g++"), "-O3", "-march=native", "-fopenmp", "-std=c++17", source, "-o",
                   binary], check=True)
   return binary

@@ -98,13 +98,12 @@ def jaxpr_matmul_flops(jaxpr: Any, by_primitive: dict[str, int] | None = None, m
     elif name.startswith("ragged_dot"):
       flops = multiplier * _ragged_dot_flops(eqn)
     elif name == "cond":
-      counted = []
-      for branch in eqn.params["branches"]:
-        per: dict[str, int] = {}
-        counted.append((jaxpr_matmul_flops(branch, per, multiplier), per))
-      flops, per = max(counted, key=lambda c: c[0])
-      for primitive, n in per.items() if by_primitive is not None else ():
-        by_primitive[primitive] = by_primitive.get(primitive, 0) + n
+      branches = [({}, branch) for branch in eqn.params["branches"]]
+      flops, per = max(((jaxpr_matmul_flops(branch, per, multiplier), per) for per, branch in branches),
+                       key=lambda counted: counted[0])
+      if by_primitive is not None:
+        for primitive, n in per.items():
+          by_primitive[primitive] = by_primitive.get(primitive, 0) + n
       total += flops
       continue
     else:

@@ -49,7 +49,7 @@ def test_the_cut_is_a_switch_over_prefix_sizes():
   q = np.zeros((1, QUERIES, HEADS, HEAD_DIM), np.float32)
   kv = np.zeros((1, KV_HEADS, QUERIES, HEAD_DIM), np.float32)
   prefix = np.zeros((1, KV_HEADS, PREFIX, HEAD_DIM), np.float32)
-  bias = mask_to_bias(None, 1, QUERIES, PREFIX + QUERIES) + np.zeros((1, 1, QUERIES, PREFIX + QUERIES), np.float32)
+  bias = np.zeros((1, 1, QUERIES, PREFIX + QUERIES), np.float32)
   jaxpr = jax.make_jaxpr(attend)(q, kv, kv, bias, (prefix, prefix)).jaxpr
   (switch,) = [eqn for eqn in jaxpr.eqns if eqn.primitive.name == "cond"]
   assert len(switch.params["branches"]) == len(prefix_sizes(PREFIX))
