@@ -8,7 +8,7 @@ and the mean over --positions blocks spread over the decode (attention reads the
 filled, to the next of `dmax_jax.layers.attention.prefix_sizes`). Two layouts in one run:
   before: layers scanned over stacked weights, `tiled` MoE kernel (the earlier default);
   after:  layers unrolled over per-layer weights and cache (`scan_layers=False`, what decode.py loads),
-          `auto` MoE kernel (`bucketed` at these shapes on CPU).
+          `auto` MoE kernel (`looped` at these shapes on CPU).
 The roofline is measured in the same run: read bandwidth (a reduction over a 2 GiB array, larger than any
 cache) and matmul FLOP/s (2048^3 float32); a forward must read its weights (every non-expert matrix and the
 distinct experts its tokens pick, `dmax_jax.decoding.cost`) and the cache, and do its FLOPs.

@@ -22,10 +22,10 @@ def _reference(x, ids, weights, w: moe_ops.ExpertWeights):
   return out
 
 
-@pytest.mark.parametrize("impl", ["ragged", "tiled", "bucketed"])
+@pytest.mark.parametrize("impl", ["ragged", "tiled", "bucketed", "looped"])
 @pytest.mark.parametrize("tokens,experts,top_k,max_tile,skew", [
     (5, 8, 2, 64, 3.0), (37, 16, 4, 8, 3.0), (64, 4, 1, 16, 3.0),
-    (40, 16, 2, 8, 60.0),  # every token picks experts 14 and 15: the bucketed kernel's overflow tiles
+    (40, 16, 2, 8, 60.0),  # every token picks experts 14 and 15: overflow tiles, several tiles per expert
 ])
 def test_dispatch_matches_per_token_reference(impl, tokens, experts, top_k, max_tile, skew):
   kx, kw, ks, kl = jax.random.split(jax.random.key(tokens), 4)
@@ -94,7 +94,7 @@ def test_gradients_match_a_dense_reference():
   weights = jnp.full((tokens, top_k), 0.5)
   grad = lambda fn: jax.jit(jax.grad(lambda a, ew: jnp.sum(jnp.sin(fn(a, ids, weights, ew))), argnums=(0, 1)))(x, w)
   want = jax.tree.leaves(grad(_dense_dispatch))
-  for impl in ("ragged", "tiled", "bucketed"):
+  for impl in ("ragged", "tiled", "bucketed", "looped"):
     got = jax.tree.leaves(grad(lambda *a, impl=impl: moe_ops.dispatch_experts(*a, impl=impl)))
     for g, ref in zip(got, want):
       np.testing.assert_allclose(np.asarray(g), np.asarray(ref), atol=1e-5, rtol=1e-5, err_msg=impl)
