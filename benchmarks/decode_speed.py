@@ -9,11 +9,14 @@ filled, to the next of `dmax_jax.layers.attention.prefix_sizes`). Two layouts in
   before: layers scanned over stacked weights, `tiled` MoE kernel (the earlier default);
   after:  layers unrolled over per-layer weights and cache (`scan_layers=False`, what decode.py loads),
           `auto` MoE kernel (`looped` at these shapes on CPU).
+With --whole-decode, also whole SPD decodes of random prompts (`decode_padded`), per batch forward: the block
+step's random inputs route evenly over the experts, a real decode routes a block's tokens to a few of them.
 The roofline is measured in the same run: read bandwidth (a reduction over a 2 GiB array, larger than any
 cache) and matmul FLOP/s (2048^3 float32); a forward must read its weights (every non-expert matrix and the
 distinct experts its tokens pick, `dmax_jax.decoding.cost`) and the cache, and do its FLOPs.
 
   python benchmarks/decode_speed.py [--models mid,mini_like,experts256] [--json out.json]
+  python benchmarks/decode_speed.py --layouts after --gen-lengths 256 --whole-decode   # + real decodes
   python benchmarks/decode_speed.py --config configs/llada2_mini.json --dtype bfloat16 --layouts after  # 16B, GPU
 """
 
@@ -101,6 +104,24 @@ def step_args(cfg: ModelConfig, variables, batch: int, context: int, start: int 
           jnp.zeros((batch,), jnp.int32))
 
 
+def whole_decode_seconds_per_forward(cfg: ModelConfig, variables, batch: int, gen: int, repeats: int) -> float:
+  """Seconds per batch forward of a whole SPD decode (`decode_padded`, threshold 0.5, random prompts of PROMPT
+  tokens), the prefill counted: its routing is a real decode's (a block's tokens pick the same few experts),
+  not the even routing of the block step's random inputs."""
+  from dmax_jax.decoding import pad_prompts
+  from dmax_jax.decoding.generate import decode_padded
+  prompts = np.random.default_rng(0).integers(0, min(cfg.eos_token_id, cfg.mask_token_id), (batch, PROMPT))
+  ids, lens = pad_prompts(prompts.tolist(), PROMPT)
+  options = DecodeOptions(mode="spd", block_length=BLOCK, gen_length=gen, threshold=0.5)
+  forwards = int(jax.block_until_ready(decode_padded(cfg, variables, ids, lens, options)).batch_forwards) + 1
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(decode_padded(cfg, variables, ids, lens, options))
+    times.append(time.perf_counter() - start)
+  return min(times) / forwards
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--models", default="mid", help=f"comma list of {sorted(MODELS)}")
@@ -113,6 +134,8 @@ def main(argv=None) -> int:
   p.add_argument("--positions", type=int, default=5,
                  help="blocks, evenly spaced over the generation, whose mean is a whole decode's ms per forward "
                       "(attention reads the cache only as far as it is filled); 1 = the last block only")
+  p.add_argument("--whole-decode", action="store_true",
+                 help="also time whole SPD decodes of random prompts (real routing; minutes per row on a CPU)")
   p.add_argument("--json", help="also write the results here")
   args = p.parse_args(argv)
   read, peak = machine_roofline(args.dtype, args.repeats)
@@ -144,11 +167,17 @@ def main(argv=None) -> int:
                  "tokens_per_s_at_tpf1": batch / secs, "weight_gb": c.weight_bytes / 1e9,
                  "cache_gb": c.cache_bytes / 1e9, "gflop": c.flops / 1e9, "roofline_ms": 1e3 * roof,
                  "x_roofline": secs / roof}
+          if args.whole_decode:
+            whole = whole_decode_seconds_per_forward(cfg, variables, batch, gen, args.repeats)
+            row.update(whole_decode_ms_per_forward=1e3 * whole, x_roofline_whole_decode=whole / mean_roof)
           report["rows"].append(row)
           print(f"{name:10s} {layout:6s} batch {batch} gen {gen:4d}: {row['ms_per_forward']:7.1f} ms/forward "
                 f"(last block; mean over the decode {1e3 * mean_secs:.1f}, x{mean_secs / mean_roof:.2f} its roofline)  "
                 f"(weights {row['weight_gb']:.2f} GB + cache {row['cache_gb']:.3f} GB, {row['gflop']:.1f} GFLOP; "
                 f"roofline {row['roofline_ms']:.1f} ms, x{row['x_roofline']:.2f})", flush=True)
+          if args.whole_decode:
+            print(f"{'':17s} whole decode: {row['whole_decode_ms_per_forward']:7.1f} ms/forward "
+                  f"(x{row['x_roofline_whole_decode']:.2f} the mean roofline)", flush=True)
   if args.json:
     from dmax_jax.io import write_text_atomic
     write_text_atomic(args.json, json.dumps(report, indent=1))
