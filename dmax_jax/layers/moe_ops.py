@@ -195,7 +195,9 @@ def _bucketed_experts(rows_MxH, group_sizes_E, w: ExpertWeights, dtype, max_tile
 def _varying_like(x: jax.Array, *others: jax.Array) -> jax.Array:
   """`x` marked as varying over every manual mesh axis any of `others` varies over: inside `shard_map` a loop
   carry must keep its type, and the tiles written into it vary with the rows and weights."""
-  varying = lambda a: jax.typeof(a).manual_axis_type.varying
+  def varying(a):
+    return jax.typeof(a).manual_axis_type.varying
+
   axes = set().union(*map(varying, others)) - varying(x)
   return jax.lax.pcast(x, tuple(sorted(axes)), to="varying") if axes else x
 
