@@ -5,10 +5,11 @@ One SPD block step (`dmax_jax.decoding.generate.block_step`: a block of 32 token
 KV cache, then the SPD rule) of random LLaDA2-MoE models, timed compiled (best of --repeats), at batch 1
 and 8 and at the cache lengths of gen 256 and gen 1024 (prompt 64): the decode's last block (the cache filled)
 and the mean over --positions blocks spread over the decode (attention reads the cache only as far as it is
-filled, to the next of `dmax_jax.layers.attention.prefix_sizes`). Two layouts in one run:
+filled, to the next of `dmax_jax.layers.attention.prefix_sizes`). Three layouts in one run:
   before: layers scanned over stacked weights, `tiled` MoE kernel (the earlier default);
-  after:  layers unrolled over per-layer weights and cache (`scan_layers=False`, what decode.py loads),
-          `auto` MoE kernel (`looped` at these shapes on CPU).
+  looped: layers unrolled over per-layer weights and cache (`scan_layers=False`, what decode.py loads),
+          XLA's own decode MoE kernel (`looped`);
+  after:  the same with the `auto` MoE kernel (`native` at these shapes on CPU: `dmax_jax/layers/cpu_experts.cc`).
 With --whole-decode, also whole SPD decodes of random prompts (`decode_padded`), per batch forward: the block
 step's random inputs route evenly over the experts, a real decode routes a block's tokens to a few of them.
 The roofline is measured in the same run: read bandwidth (a reduction over a 2 GiB array, larger than any
@@ -58,7 +59,8 @@ MODELS = {
     "experts256": dict(_COMMON, hidden_size=512, num_hidden_layers=8, intermediate_size=1536,
                        moe_intermediate_size=256, num_experts=256, num_experts_per_tok=8, n_group=8, topk_group=4),
 }
-LAYOUTS = {"before": dict(scan_layers=True, moe_impl="tiled"), "after": dict(scan_layers=False, moe_impl="auto")}
+LAYOUTS = {"before": dict(scan_layers=True, moe_impl="tiled"), "looped": dict(scan_layers=False, moe_impl="looped"),
+           "after": dict(scan_layers=False, moe_impl="auto")}
 BLOCK, PROMPT = 32, 64
 
 
@@ -129,7 +131,7 @@ def main(argv=None) -> int:
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="weights, cache and matmuls")
   p.add_argument("--batches", default="1,8", help="rows per forward")
   p.add_argument("--gen-lengths", default="256,1024", help="cache length = prompt 64 + this")
-  p.add_argument("--layouts", default="before,after", help=f"comma list of {sorted(LAYOUTS)}")
+  p.add_argument("--layouts", default="before,looped,after", help=f"comma list of {sorted(LAYOUTS)}")
   p.add_argument("--repeats", type=int, default=3, help="timed repeats (best is reported)")
   p.add_argument("--positions", type=int, default=5,
                  help="blocks, evenly spaced over the generation, whose mean is a whole decode's ms per forward "

@@ -17,7 +17,7 @@ from dmax_jax.errors import InputError
 DEFAULT_MASK_TOKEN_ID = 156895
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
-MOE_IMPLS = ("auto", "ragged", "tiled", "bucketed", "looped")
+MOE_IMPLS = ("auto", "ragged", "tiled", "bucketed", "looped", "native")
 # expert_parallel: MoE dispatch and LM-head loss in shard_map (tokens to their experts, vocab-parallel
 # cross-entropy); gspmd: the earlier layout left to the partitioner, kept as a measured baseline.
 PARALLELISMS = ("expert_parallel", "gspmd")

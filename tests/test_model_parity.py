@@ -28,7 +28,7 @@ def model(request, fixture_dir):
 
 
 @pytest.mark.parametrize("moe_impl, scan_layers", [("ragged", True), ("tiled", True), ("bucketed", True),
-                                                    ("looped", False)])
+                                                    ("looped", False), ("native", False)])
 @pytest.mark.parametrize("case", ["case1", "case2", "case3"])
 def test_token_logits_match_reference(model, expected, case, moe_impl, scan_layers):
   cfg, variables = model

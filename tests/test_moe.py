@@ -22,14 +22,14 @@ def _reference(x, ids, weights, w: moe_ops.ExpertWeights):
   return out
 
 
-@pytest.mark.parametrize("impl", ["ragged", "tiled", "bucketed", "looped"])
+@pytest.mark.parametrize("impl", ["ragged", "tiled", "bucketed", "looped", "native"])
 @pytest.mark.parametrize("tokens,experts,top_k,max_tile,skew", [
     (5, 8, 2, 64, 3.0), (37, 16, 4, 8, 3.0), (64, 4, 1, 16, 3.0),
     (40, 16, 2, 8, 60.0),  # every token picks experts 14 and 15: overflow tiles, several tiles per expert
 ])
 def test_dispatch_matches_per_token_reference(impl, tokens, experts, top_k, max_tile, skew):
   kx, kw, ks, kl = jax.random.split(jax.random.key(tokens), 4)
-  d, f = 12, 20
+  d, f = 16, 48  # the native kernel takes multiples of 16
   x = jax.random.normal(kx, (tokens, d))
   w = moe_ops.ExpertWeights(*(jax.random.normal(k, s) / np.sqrt(s[1]) for k, s in
                           zip(jax.random.split(kw, 3), [(experts, d, f), (experts, d, f), (experts, f, d)])))
@@ -86,7 +86,7 @@ def _dense_dispatch(x, ids, weights, w: moe_ops.ExpertWeights):
 def test_gradients_match_a_dense_reference():
   """Training works with every kernel: gradients wrt tokens and expert weights equal the dense reference's."""
   kx, kw, kl = jax.random.split(jax.random.key(3), 3)
-  tokens, experts, top_k, d, f = 24, 8, 2, 12, 20
+  tokens, experts, top_k, d, f = 24, 8, 2, 16, 32
   x = jax.random.normal(kx, (tokens, d))
   w = moe_ops.ExpertWeights(*(jax.random.normal(k, s) / np.sqrt(s[1]) for k, s in
                           zip(jax.random.split(kw, 3), [(experts, d, f), (experts, d, f), (experts, f, d)])))
@@ -94,7 +94,31 @@ def test_gradients_match_a_dense_reference():
   weights = jnp.full((tokens, top_k), 0.5)
   grad = lambda fn: jax.jit(jax.grad(lambda a, ew: jnp.sum(jnp.sin(fn(a, ids, weights, ew))), argnums=(0, 1)))(x, w)
   want = jax.tree.leaves(grad(_dense_dispatch))
-  for impl in ("ragged", "tiled", "bucketed", "looped"):
+  for impl in ("ragged", "tiled", "bucketed", "looped", "native"):
     got = jax.tree.leaves(grad(lambda *a, impl=impl: moe_ops.dispatch_experts(*a, impl=impl)))
     for g, ref in zip(got, want):
       np.testing.assert_allclose(np.asarray(g), np.asarray(ref), atol=1e-5, rtol=1e-5, err_msg=impl)
+
+
+def test_auto_picks_the_native_kernel_for_float32_decode_shapes_on_cpu():
+  w = moe_ops.ExpertWeights(jnp.zeros((64, 32, 16)), jnp.zeros((64, 32, 16)), jnp.zeros((64, 16, 32)))
+  decode_rows, training_rows = jnp.zeros((256, 32)), jnp.zeros((64 * 65, 32))
+  assert moe_ops.resolve_impl("auto", decode_rows, w) == "native"
+  assert moe_ops.resolve_impl("auto", decode_rows.astype(jnp.bfloat16), w) == "looped"
+  assert moe_ops.resolve_impl("auto", training_rows, w) == "tiled"
+  odd = moe_ops.ExpertWeights(jnp.zeros((64, 32, 20)), jnp.zeros((64, 32, 20)), jnp.zeros((64, 20, 32)))
+  assert moe_ops.resolve_impl("auto", decode_rows, odd) == "looped"
+
+
+def test_native_kernel_unbuildable_falls_back_with_a_warning(tmp_path, monkeypatch):
+  from dmax_jax.layers import cpu_experts
+  monkeypatch.setenv("DMAX_JAX_KERNEL_CACHE", str(tmp_path))
+  monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+  cpu_experts.available.cache_clear()
+  try:
+    with pytest.warns(UserWarning, match="CPU expert kernel is unavailable"):
+      assert not cpu_experts.available()
+    w = moe_ops.ExpertWeights(jnp.zeros((8, 16, 16)), jnp.zeros((8, 16, 16)), jnp.zeros((8, 16, 16)))
+    assert moe_ops.resolve_impl("auto", jnp.zeros((16, 16)), w) == "looped"
+  finally:
+    cpu_experts.available.cache_clear()

@@ -40,9 +40,9 @@ def test_decoders(tiny_model, mode):
 @pytest.mark.parametrize("impl", [i for i in MOE_IMPLS if i != "auto"])
 def test_moe_kernels(impl):
   k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
-  x = jax.random.normal(k1, (6, 4))
+  x = jax.random.normal(k1, (6, 16))  # widths multiples of 16, as the native kernel needs
   w = moe_ops.ExpertWeights(*(jax.random.normal(k, s) for k, s in zip(jax.random.split(k2, 3),
-                                                                   [(8, 4, 5), (8, 4, 5), (8, 5, 4)])))
+                                                                   [(8, 16, 32), (8, 16, 32), (8, 32, 16)])))
   ids, weights = moe_ops.route(jax.random.normal(k3, (6, 8)), jnp.zeros((8,)), top_k=2, n_group=4, topk_group=2,
                            routed_scaling_factor=1.0, norm_topk_prob=True)
   out = jax.grad(lambda x: moe_ops.dispatch_experts(x, ids, weights, w, impl=impl).sum())(x)

@@ -8,9 +8,10 @@ Dispatch is dropless: the `tokens * k` (token, expert) assignments are sorted by
 expert multiplies only its own rows, either with `jax.lax.ragged_dot` (TPU/GPU grouped matmul), with
 expert-aligned tiles and a batched matmul over gathered weights (`tiled`: training on XLA:CPU, which
 expands `ragged_dot` into a dense dot over every expert), with a loop over tiles of the experts that have
-rows, each multiplied by its expert's weights in place (`looped`: few rows per expert, decoding), or with
+rows, each multiplied by its expert's weights in place (`looped`: few rows per expert, decoding), with
 per-expert buckets multiplied by all stacked weights in place plus a loop over overflow tiles (`bucketed`:
-few rows per expert, evenly routed).
+few rows per expert, evenly routed), or with a hand-written CPU kernel that streams each used expert's weights
+once (`native`: decoding on CPU, `cpu_experts.py`).
 
 On a mesh, `expert_parallel_moe` runs routing and the same dispatch in `shard_map`: each device holds
 `E / ep` whole experts; the tokens of the expert-parallel group are all-gathered, each device multiplies
@@ -37,6 +38,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from dmax_jax import sharding
+from dmax_jax.layers import cpu_experts
 
 
 class ExpertWeights(NamedTuple):
@@ -238,26 +240,37 @@ def _looped_experts(rows_MxH, group_sizes_E, w: ExpertWeights, dtype, max_tile: 
   return _expert_tiles(padded_rows, start_E, group_sizes_E, w, dtype, m, jnp.zeros_like(rows_MxH))
 
 
-# On CPU, `auto` uses the looped kernel up to this many rows per expert on average (decoding: a block of
+@_with_tiled_backward
+def _native_experts(rows_MxH, group_sizes_E, w: ExpertWeights, dtype, max_tile: int) -> jax.Array:
+  del max_tile
+  return cpu_experts.experts(rows_MxH, group_sizes_E, w.gate, w.up, w.down).astype(dtype)
+
+
+# On CPU, `auto` uses a decode kernel up to this many rows per expert on average (decoding: a block of
 # 32 tokens x top-8 over 64 experts is 4 per row of the batch), the tiled one above (training).
-LOOPED_MAX_MEAN_ROWS = 64
+DECODE_MAX_MEAN_ROWS = 64
 
 
-def resolve_impl(impl: str, num_rows: int, num_experts: int) -> str:
-  """`auto` picks `ragged` on TPU/GPU; on CPU `looped` for few rows per expert, else `tiled`. In a decode a
-  block's tokens route alike (at the first step they are all the mask token), so a few experts take most
-  rows: the looped kernel reads only the experts used, where `bucketed` reads every expert's weights and
-  loops over the overflow (mid-size model, a whole decode: 57-61 vs 101-113 ms per forward at batch 1)."""
+def resolve_impl(impl: str, rows_MxH: jax.Array, experts: ExpertWeights) -> str:
+  """`auto` picks `ragged` on TPU/GPU; on CPU for few rows per expert `native` (float32, widths multiples of 16,
+  a C++ compiler at hand) or `looped`, else `tiled`. In a decode a block's tokens route alike (at the first
+  step they are all the mask token), so a few experts take most rows: the decode kernels read only the experts
+  used, where `bucketed` reads every expert's weights and loops over the overflow (mid-size model, a whole
+  decode: `looped` 57-61 vs `bucketed` 101-113 ms per forward at batch 1)."""
   if impl != "auto":
     return impl
   if jax.default_backend() != "cpu":
     return "ragged"
-  return "looped" if num_rows <= LOOPED_MAX_MEAN_ROWS * num_experts else "tiled"
+  num_experts, hidden, width = experts.gate.shape
+  if rows_MxH.shape[0] > DECODE_MAX_MEAN_ROWS * num_experts:
+    return "tiled"
+  native = all(cpu_experts.supports(hidden, width, a.dtype) for a in (rows_MxH, *experts))
+  return "native" if native and cpu_experts.available() else "looped"
 
 
 @jax.named_scope("expert_matmuls")
 def _grouped_experts(rows_MxH, group_sizes_E, experts: ExpertWeights, impl: str, max_tile: int):
-  impl = resolve_impl(impl, rows_MxH.shape[0], group_sizes_E.shape[0])
+  impl = resolve_impl(impl, rows_MxH, experts)
   if impl == "ragged":
     return _ragged_experts(rows_MxH, group_sizes_E, experts, rows_MxH.dtype)
   if impl == "tiled":
@@ -266,6 +279,8 @@ def _grouped_experts(rows_MxH, group_sizes_E, experts: ExpertWeights, impl: str,
     return _bucketed_experts(rows_MxH, group_sizes_E, experts, rows_MxH.dtype, max_tile)
   if impl == "looped":
     return _looped_experts(rows_MxH, group_sizes_E, experts, rows_MxH.dtype, max_tile)
+  if impl == "native":
+    return _native_experts(rows_MxH, group_sizes_E, experts, rows_MxH.dtype, max_tile)
   raise ValueError(f"unknown MoE implementation {impl!r}")
 
 

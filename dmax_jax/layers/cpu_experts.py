@@ -1,0 +1,84 @@
+"""The routed experts of a decoding forward on CPU as a hand-written kernel (`cpu_experts.cc`, an XLA FFI call).
+
+At decode shapes (a few rows per expert) XLA:CPU's loop over experts copies every weight matrix it uses out of
+the stacked array before its dot and runs a loop iteration per tile, so it streams the weights at a fraction
+of the machine's bandwidth; the kernel reads each used expert's weights once, in place. It is compiled with the
+machine's C++ compiler on first use (`-O3 -march=native`, a few seconds) into a cache folder
+(`$DMAX_JAX_KERNEL_CACHE`, default `~/.cache/dmax_jax`), keyed by its source, the flags and jaxlib's version.
+Where it cannot be built (no compiler), `available()` is false and `moe_ops` keeps to its XLA kernels.
+
+Shapes follow the package legend: M assignment rows (sorted by expert), H hidden, F expert width, E experts.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
+import warnings
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+
+SOURCE = pathlib.Path(__file__).with_name("cpu_experts.cc")
+TARGET = "dmax_cpu_experts"
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
+
+
+def _library_path() -> pathlib.Path:
+  key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + jaxlib.__version__.encode()).hexdigest()
+  cache = pathlib.Path(os.environ.get("DMAX_JAX_KERNEL_CACHE", pathlib.Path.home() / ".cache" / "dmax_jax"))
+  return cache / f"cpu_experts-{key[:16]}.so"
+
+
+def _build(target: pathlib.Path) -> None:
+  compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+  if compiler is None:
+    raise RuntimeError("no C++ compiler found (set CXX)")
+  target.parent.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # build aside, then rename: concurrent builds race safely
+    built = pathlib.Path(tmp) / target.name
+    result = subprocess.run([compiler, *FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(built)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+      raise RuntimeError(f"{compiler} failed: {result.stderr.strip()[-2000:]}")
+    os.replace(built, target)
+
+
+@functools.cache
+def available() -> bool:
+  """Whether the kernel is built (building it now if needed) and registered with XLA for the CPU."""
+  try:
+    path = _library_path()
+    if not path.exists():
+      _build(path)
+    library = ctypes.CDLL(str(path))
+    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.DmaxCpuExperts), platform="cpu")
+    return True
+  except (OSError, RuntimeError) as e:
+    warnings.warn(f"the CPU expert kernel is unavailable, using XLA's ({e})", stacklevel=2)
+    return False
+
+
+def supports(hidden: int, width: int, dtype) -> bool:
+  """Shapes and dtypes the kernel takes (float32, widths multiples of 16)."""
+  return jnp.dtype(dtype) == jnp.float32 and hidden % 16 == 0 and width % 16 == 0
+
+
+def experts(rows_MxH: jax.Array, group_sizes_E: jax.Array, gate_ExHxF: jax.Array, up_ExHxF: jax.Array,
+            down_ExFxH: jax.Array) -> jax.Array:
+  """`[M, H]` SwiGLU outputs of the rows sorted by expert (`group_sizes_E[e]` rows each); zeros past their sum."""
+  _, hidden, width = gate_ExHxF.shape
+  if hidden % 16 or width % 16:
+    raise ValueError(f"the CPU expert kernel needs hidden and expert widths that are multiples of 16, got {hidden}, {width}")
+  if not available():
+    raise RuntimeError("the CPU expert kernel could not be built (see the warning above)")
+  call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(rows_MxH.shape, jnp.float32), vmap_method="sequential")
+  return call(rows_MxH.astype(jnp.float32), group_sizes_E.astype(jnp.int32), gate_ExHxF.astype(jnp.float32),
+              up_ExHxF.astype(jnp.float32), down_ExFxH.astype(jnp.float32))
