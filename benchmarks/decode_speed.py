@@ -11,7 +11,9 @@ filled, to the next of `dmax_jax.layers.attention.prefix_sizes`). Three layouts 
           XLA's own decode MoE kernel (`looped`);
   after:  the same with the `auto` MoE kernel (`native` at these shapes on CPU: `dmax_jax/layers/cpu_experts.cc`).
 With --whole-decode, also whole SPD decodes of random prompts (`decode_padded`), per batch forward: the block
-step's random inputs route evenly over the experts, a real decode routes a block's tokens to a few of them.
+step's random inputs route evenly over the experts, a real decode routes a block's tokens to a few of them; the
+experts it touches are counted (a separate run with a host callback in each MoE layer) and its roofline for
+the bytes it touches is reported beside the uniform-routing one.
 The roofline is measured in the same run: read bandwidth (a reduction over a 2 GiB array, larger than any
 cache) and matmul FLOP/s (2048^3 float32); a forward must read its weights (every non-expert matrix and the
 distinct experts its tokens pick, `dmax_jax.decoding.cost`) and the cache, and do its FLOPs.
@@ -106,22 +108,50 @@ def step_args(cfg: ModelConfig, variables, batch: int, context: int, start: int 
           jnp.zeros((batch,), jnp.int32))
 
 
-def whole_decode_seconds_per_forward(cfg: ModelConfig, variables, batch: int, gen: int, repeats: int) -> float:
-  """Seconds per batch forward of a whole SPD decode (`decode_padded`, threshold 0.5, random prompts of PROMPT
-  tokens), the prefill counted: its routing is a real decode's (a block's tokens pick the same few experts),
-  not the even routing of the block step's random inputs."""
+def whole_decode(cfg: ModelConfig, variables, batch: int, gen: int):
+  """A call running a whole SPD decode (`decode_padded`, threshold 0.5) of `batch` random prompts of PROMPT
+  tokens: its routing is a real decode's (a block's tokens pick the same few experts), not the even routing of
+  the block step's random inputs."""
   from dmax_jax.decoding import pad_prompts
   from dmax_jax.decoding.generate import decode_padded
   prompts = np.random.default_rng(0).integers(0, min(cfg.eos_token_id, cfg.mask_token_id), (batch, PROMPT))
   ids, lens = pad_prompts(prompts.tolist(), PROMPT)
   options = DecodeOptions(mode="spd", block_length=BLOCK, gen_length=gen, threshold=0.5)
-  forwards = int(jax.block_until_ready(decode_padded(cfg, variables, ids, lens, options)).batch_forwards) + 1
+  return lambda: jax.block_until_ready(decode_padded(cfg, variables, ids, lens, options))
+
+
+def whole_decode_seconds_per_forward(cfg: ModelConfig, variables, batch: int, gen: int, repeats: int) -> float:
+  """Seconds per batch forward of `whole_decode`, the prefill counted."""
+  decode = whole_decode(cfg, variables, batch, gen)
+  forwards = int(decode().batch_forwards) + 1
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    jax.block_until_ready(decode_padded(cfg, variables, ids, lens, options))
+    decode()
     times.append(time.perf_counter() - start)
   return min(times) / forwards
+
+
+def touched_experts_per_layer(cfg: ModelConfig, variables, batch: int, gen: int) -> float:
+  """Mean distinct routed experts per MoE layer and forward of `whole_decode`, counted from the router's choices
+  by a host callback in every MoE layer (a separate, untimed run): what a real decode must read, where the
+  roofline assumes uniform routing."""
+  from dmax_jax.layers import moe_ops
+  counts, grouped = [], moe_ops._grouped_experts
+
+  def counting(rows_MxH, group_sizes_E, *args):
+    jax.debug.callback(lambda sizes: counts.append(np.count_nonzero(sizes)), group_sizes_E)
+    return grouped(rows_MxH, group_sizes_E, *args)
+
+  moe_ops._grouped_experts = counting
+  jax.clear_caches()  # trace the decoder again, with the callback
+  try:
+    whole_decode(cfg, variables, batch, gen)()
+    jax.effects_barrier()
+  finally:
+    moe_ops._grouped_experts = grouped
+    jax.clear_caches()
+  return float(np.mean(counts))
 
 
 def main(argv=None) -> int:
@@ -171,7 +201,12 @@ def main(argv=None) -> int:
                  "x_roofline": secs / roof}
           if args.whole_decode:
             whole = whole_decode_seconds_per_forward(cfg, variables, batch, gen, args.repeats)
-            row.update(whole_decode_ms_per_forward=1e3 * whole, x_roofline_whole_decode=whole / mean_roof)
+            touched = touched_experts_per_layer(cfg, variables, batch, gen)
+            touched_roof = np.mean([cost.forward_cost(cfg, batch, BLOCK, start, bytes_per_value, bytes_per_value,
+                                                      distinct_experts=touched).seconds(machine) for start in starts])
+            row.update(whole_decode_ms_per_forward=1e3 * whole, x_roofline_whole_decode=whole / mean_roof,
+                       touched_experts_per_layer=touched, touched_roofline_ms=1e3 * touched_roof,
+                       x_touched_roofline_whole_decode=whole / touched_roof)
           report["rows"].append(row)
           print(f"{name:10s} {layout:6s} batch {batch} gen {gen:4d}: {row['ms_per_forward']:7.1f} ms/forward "
                 f"(last block; mean over the decode {1e3 * mean_secs:.1f}, x{mean_secs / mean_roof:.2f} its roofline)  "
@@ -179,7 +214,9 @@ def main(argv=None) -> int:
                 f"roofline {row['roofline_ms']:.1f} ms, x{row['x_roofline']:.2f})", flush=True)
           if args.whole_decode:
             print(f"{'':17s} whole decode: {row['whole_decode_ms_per_forward']:7.1f} ms/forward "
-                  f"(x{row['x_roofline_whole_decode']:.2f} the mean roofline)", flush=True)
+                  f"(x{row['x_roofline_whole_decode']:.2f} the mean roofline; {touched:.1f} of {cfg.num_experts} "
+                  f"experts touched per layer, roofline of what it touches {1e3 * touched_roof:.1f} ms, "
+                  f"x{row['x_touched_roofline_whole_decode']:.2f})", flush=True)
   if args.json:
     from dmax_jax.io import write_text_atomic
     write_text_atomic(args.json, json.dumps(report, indent=1))

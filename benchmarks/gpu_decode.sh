@@ -14,8 +14,8 @@ python -m pip install --quiet --upgrade pip
 python -m pip install --quiet -e . "jax[cuda12]"
 export JAX_PLATFORMS=cuda XLA_PYTHON_CLIENT_MEM_FRACTION=0.95
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
-python benchmarks/decode_speed.py --models mid --json "$OUT/mid_float32.json" | tee "$OUT/mid_float32.txt"
-python benchmarks/decode_speed.py --models mid,experts256 --dtype bfloat16 --json "$OUT/mid_bf16.json" | tee "$OUT/mid_bf16.txt"
+python benchmarks/decode_speed.py --models mid --layouts before,after --json "$OUT/mid_float32.json" | tee "$OUT/mid_float32.txt"
+python benchmarks/decode_speed.py --models mid,experts256 --dtype bfloat16 --layouts before,after --json "$OUT/mid_bf16.json" | tee "$OUT/mid_bf16.txt"
 python benchmarks/decode_speed.py --config configs/llada2_mini.json --dtype bfloat16 --layouts after \
     --gen-lengths 256,1024 --batches 1,8 --json "$OUT/llada2_mini_bf16.json" | tee "$OUT/llada2_mini_bf16.txt"
 # Continuous batching on the device: tokens/s of DMax-tiny's mixed batch at start fractions 0 / 0.5 / 1, to pick

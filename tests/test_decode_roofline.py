@@ -60,3 +60,13 @@ def test_weight_bytes_reach_all_non_embedding_weights_when_every_expert_is_used(
   assert big.weight_bytes == pytest.approx(all_bytes - embedding, rel=1e-6)
   one = cost.forward_cost(cfg, 1, 32, CONTEXT)
   assert 0.5 < one.weight_bytes / big.weight_bytes < 0.8  # a 32-token block touches ~64% of the experts
+
+
+def test_measured_distinct_experts_set_the_expert_bytes(cfg):
+  """A measured count of touched experts replaces the uniform expectation; every expert touched reads all weights."""
+  every = cost.forward_cost(cfg, 1, 32, CONTEXT, distinct_experts=cfg.num_experts)
+  assert every.weight_bytes == pytest.approx(cost.forward_cost(cfg, 64, 32, CONTEXT).weight_bytes, rel=1e-9)
+  none = cost.forward_cost(cfg, 1, 32, CONTEXT, distinct_experts=0)
+  expert_bytes = 2 * cfg.num_moe_layers * cfg.num_experts * cost.expert_params(cfg)
+  assert every.weight_bytes - none.weight_bytes == pytest.approx(expert_bytes, rel=1e-9)
+  assert none.flops == every.flops  # routing changes what is read, not what is computed

@@ -51,17 +51,18 @@ class ForwardCost:
 
 
 def forward_cost(cfg: ModelConfig, batch: int, block_length: int, context: int, weight_bytes_per_param: int = 2,
-                 cache_bytes_per_value: int = 2) -> ForwardCost:
+                 cache_bytes_per_value: int = 2, distinct_experts: float | None = None) -> ForwardCost:
   """Cost of one forward of `batch` rows x `block_length` tokens attending to `context` cached positions.
 
   The embedding table is gathered (a few rows), every other non-expert weight is read once per forward,
-  routed experts only when some token of the forward picks them.
+  routed experts only when some token of the forward picks them: `distinct_experts` per MoE layer where
+  measured, else the uniform-routing expectation.
   """
   tokens = batch * block_length
   all_experts = cfg.num_moe_layers * cfg.num_experts * expert_params(cfg)
   embedding = cfg.vocab_size * cfg.hidden_size
   dense_weights = flops.parameter_count(cfg) - all_experts - embedding
-  distinct = expected_distinct_experts(cfg, tokens)
+  distinct = expected_distinct_experts(cfg, tokens) if distinct_experts is None else distinct_experts
   weight_bytes = weight_bytes_per_param * (dense_weights + cfg.num_moe_layers * distinct * expert_params(cfg))
   kv_values = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim
   cache_bytes = cache_bytes_per_value * batch * context * kv_values
