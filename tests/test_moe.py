@@ -122,3 +122,15 @@ def test_native_kernel_unbuildable_falls_back_with_a_warning(tmp_path, monkeypat
     assert moe_ops.resolve_impl("auto", jnp.zeros((16, 16)), w) == "looped"
   finally:
     cpu_experts.available.cache_clear()
+
+
+def test_native_kernel_rejects_mismatched_weights():
+  from dmax_jax.layers import cpu_experts
+  rows, sizes = jnp.zeros((4, 16)), jnp.array([3, 1], jnp.int32)
+  gate = up = jnp.zeros((2, 16, 32))
+  with pytest.raises(Exception, match="shapes disagree"):
+    down = jnp.zeros((2, 16, 32))  # must be [2, 32, 16]
+    jax.block_until_ready(cpu_experts.experts(rows, sizes, gate, up, down))
+  with pytest.raises(ValueError, match="multiples of 16"):
+    odd = jnp.zeros((2, 12, 32))
+    cpu_experts.experts(jnp.zeros((4, 12)), sizes, odd, odd, jnp.zeros((2, 32, 12)))

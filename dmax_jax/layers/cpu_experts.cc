@@ -13,9 +13,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <memory>
-#include <numeric>
 #include <thread>
 #include <vector>
 
@@ -31,7 +29,7 @@ typedef float v16u __attribute__((vector_size(64), aligned(4)));
 inline v16 Load(const float* p) { return *reinterpret_cast<const v16u*>(p); }
 inline void Store(float* p, v16 v) { *reinterpret_cast<v16u*>(p) = v; }
 
-constexpr int64_t kBlockBytes = 16384;  // rows of a weight matrix per block (L1 holds two)
+constexpr int64_t kBlockBytes = 16384;  // a block of a weight matrix's rows (L1 holds two)
 
 // Prefetches the next block of a weight matrix a few lines per tile step, spread over the current block's work:
 // the tiles read a block panel by panel (strided rows), which the hardware prefetcher follows poorly, and one burst
@@ -49,7 +47,8 @@ struct Prefetch {
 // o[r, 0:16*NV) += x[r, 0:kb) @ w[0:kb, 0:16*NV) for R rows (x's and o's rows `ldx` / `ldo` apart, w's `ldw`):
 // each weight vector loaded is used by all R rows, each broadcast x value by all NV vectors.
 template <int R, int NV>
-inline void Tile(const float* x, int64_t ldx, const float* w, int64_t ldw, int64_t kb, float* o, int64_t ldo, Prefetch& pf) {
+inline void Tile(const float* x, int64_t ldx, const float* w, int64_t ldw, int64_t kb, float* o, int64_t ldo,
+                 Prefetch& pf) {
   v16 acc[R][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
@@ -161,7 +160,10 @@ ffi::Error Experts(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
     return ffi::Error::InvalidArgument("cpu_experts: expected x [M, H], sizes [E], gate [E, H, F]");
   }
   const int64_t m = x_dims[0], h = x_dims[1], e_count = w_dims[0], f = w_dims[2];
-  if (w_dims[1] != h || sizes.dimensions()[0] != e_count || h % 16 != 0 || f % 16 != 0) {
+  const auto up_dims = up.dimensions(), down_dims = down.dimensions();
+  const bool up_ok = up_dims.size() == 3 && up_dims[0] == e_count && up_dims[1] == h && up_dims[2] == f;
+  const bool down_ok = down_dims.size() == 3 && down_dims[0] == e_count && down_dims[1] == f && down_dims[2] == h;
+  if (w_dims[1] != h || sizes.dimensions()[0] != e_count || !up_ok || !down_ok || h % 16 != 0 || f % 16 != 0) {
     return ffi::Error::InvalidArgument("cpu_experts: shapes disagree, or H or F not a multiple of 16");
   }
   auto shared = std::make_shared<Shared>();

@@ -76,7 +76,8 @@ def experts(rows_MxH: jax.Array, group_sizes_E: jax.Array, gate_ExHxF: jax.Array
   """`[M, H]` SwiGLU outputs of the rows sorted by expert (`group_sizes_E[e]` rows each); zeros past their sum."""
   _, hidden, width = gate_ExHxF.shape
   if hidden % 16 or width % 16:
-    raise ValueError(f"the CPU expert kernel needs hidden and expert widths that are multiples of 16, got {hidden}, {width}")
+    raise ValueError(f"the CPU expert kernel needs hidden and expert widths that are multiples of 16, "
+                     f"got {hidden}, {width}")
   if not available():
     raise RuntimeError("the CPU expert kernel could not be built (see the warning above)")
   call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(rows_MxH.shape, jnp.float32), vmap_method="sequential")
