@@ -4,7 +4,8 @@ At decode shapes (a few rows per expert) XLA:CPU's loop over experts copies ever
 the stacked array before its dot and runs a loop iteration per tile, so it streams the weights at a fraction
 of the machine's bandwidth; the kernel reads each used expert's weights once, in place. It is compiled with the
 machine's C++ compiler on first use (`-O3 -march=native`, a few seconds) into a cache folder
-(`$DMAX_JAX_KERNEL_CACHE`, default `~/.cache/dmax_jax`), keyed by its source, the flags and jaxlib's version.
+(`$DMAX_JAX_KERNEL_CACHE`, default `~/.cache/dmax_jax`), keyed by its source, the flags, jaxlib's version and
+the CPU's features.
 Where it cannot be built (no compiler), `available()` is false and `moe_ops` keeps to its XLA kernels.
 
 Shapes follow the package legend: M assignment rows (sorted by expert), H hidden, F expert width, E experts.
@@ -17,6 +18,7 @@ import functools
 import hashlib
 import os
 import pathlib
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -31,8 +33,20 @@ TARGET = "dmax_cpu_experts"
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
 
 
+def _cpu_features() -> str:
+  """The CPU's architecture and feature flags: `-march=native` builds for them, so a cache folder shared by
+  different machines keeps one library per kind of CPU."""
+  try:
+    cpuinfo = pathlib.Path("/proc/cpuinfo").read_text()
+  except OSError:
+    cpuinfo = ""
+  flags = next((line for line in cpuinfo.splitlines() if line.startswith(("flags", "Features"))), "")
+  return platform.machine() + flags
+
+
 def _library_path() -> pathlib.Path:
-  key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + jaxlib.__version__.encode()).hexdigest()
+  key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + jaxlib.__version__.encode() +
+                       _cpu_features().encode()).hexdigest()
   cache = pathlib.Path(os.environ.get("DMAX_JAX_KERNEL_CACHE", pathlib.Path.home() / ".cache" / "dmax_jax"))
   return cache / f"cpu_experts-{key[:16]}.so"
 
