@@ -188,8 +188,8 @@ def main(argv=None) -> int:
           mean_secs = np.mean([secs if start == context - 2 * BLOCK else
                                best_seconds(step, *step_args(cfg, variables, batch, context, start),
                                             repeats=args.repeats) for start in starts])
-          roofline = lambda keys: cost.forward_cost(cfg, batch, BLOCK, keys, bytes_per_value,
-                                                    bytes_per_value).seconds(machine)
+          roofline = lambda keys, experts=None: cost.forward_cost(cfg, batch, BLOCK, keys, bytes_per_value,
+                                                                  bytes_per_value, experts).seconds(machine)
           c = cost.forward_cost(cfg, batch, BLOCK, context, bytes_per_value, bytes_per_value)
           roof = roofline(context)
           mean_roof = np.mean([roofline(start) for start in starts])  # a block at `start` must read `start` keys
@@ -202,8 +202,7 @@ def main(argv=None) -> int:
           if args.whole_decode:
             whole = whole_decode_seconds_per_forward(cfg, variables, batch, gen, args.repeats)
             touched = touched_experts_per_layer(cfg, variables, batch, gen)
-            touched_roof = np.mean([cost.forward_cost(cfg, batch, BLOCK, start, bytes_per_value, bytes_per_value,
-                                                      distinct_experts=touched).seconds(machine) for start in starts])
+            touched_roof = np.mean([roofline(start, touched) for start in starts])
             row.update(whole_decode_ms_per_forward=1e3 * whole, x_roofline_whole_decode=whole / mean_roof,
                        touched_experts_per_layer=touched, touched_roofline_ms=1e3 * touched_roof,
                        x_touched_roofline_whole_decode=whole / touched_roof)

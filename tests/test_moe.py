@@ -28,18 +28,28 @@ def _reference(x, ids, weights, w: moe_ops.ExpertWeights):
     (40, 16, 2, 8, 60.0),  # every token picks experts 14 and 15: overflow tiles, several tiles per expert
 ])
 def test_dispatch_matches_per_token_reference(impl, tokens, experts, top_k, max_tile, skew):
+  x, ids, weights, w = _problem(tokens, experts, top_k, skew, d=16, f=48)  # the native kernel takes multiples of 16
+  if skew > 10:
+    assert tokens > moe_ops.bucket_size_for(tokens * top_k, experts)  # more rows than one bucket holds
+  got = jax.jit(functools.partial(moe_ops.dispatch_experts, impl=impl, max_tile=max_tile))(x, ids, weights, w)
+  np.testing.assert_allclose(np.asarray(got), _reference(x, ids, weights, w), atol=2e-5, rtol=1e-5)
+
+
+def _problem(tokens, experts, top_k, skew, d, f):
+  """Tokens, skewed expert choices (some experts get many rows, some none), their weights, expert weights."""
   kx, kw, ks, kl = jax.random.split(jax.random.key(tokens), 4)
-  d, f = 16, 48  # the native kernel takes multiples of 16
   x = jax.random.normal(kx, (tokens, d))
   w = moe_ops.ExpertWeights(*(jax.random.normal(k, s) / np.sqrt(s[1]) for k, s in
                           zip(jax.random.split(kw, 3), [(experts, d, f), (experts, d, f), (experts, f, d)])))
-  # Skewed choices: some experts get many rows, some none.
   logits = jax.random.normal(kl, (tokens, experts)) + jnp.linspace(0, skew, experts)[None, :]
   _, ids = jax.lax.top_k(logits, top_k)
-  if skew > 10:
-    assert tokens > moe_ops.bucket_size_for(tokens * top_k, experts)  # more rows than one bucket holds
-  weights = jax.random.uniform(ks, (tokens, top_k))
-  got = jax.jit(functools.partial(moe_ops.dispatch_experts, impl=impl, max_tile=max_tile))(x, ids, weights, w)
+  return x, ids, jax.random.uniform(ks, (tokens, top_k)), w
+
+
+def test_native_kernel_over_several_weight_blocks_and_column_panels():
+  """Widths where the kernel streams each matrix in several blocks of rows and mixes 64- and 16-column panels."""
+  x, ids, weights, w = _problem(37, 16, 4, 3.0, d=128, f=208)
+  got = jax.jit(functools.partial(moe_ops.dispatch_experts, impl="native"))(x, ids, weights, w)
   np.testing.assert_allclose(np.asarray(got), _reference(x, ids, weights, w), atol=2e-5, rtol=1e-5)
 
 

@@ -89,7 +89,7 @@ def experts(rows_MxH: jax.Array, group_sizes_E: jax.Array, gate_ExHxF: jax.Array
             down_ExFxH: jax.Array) -> jax.Array:
   """`[M, H]` SwiGLU outputs of the rows sorted by expert (`group_sizes_E[e]` rows each); zeros past their sum."""
   _, hidden, width = gate_ExHxF.shape
-  if hidden % 16 or width % 16:
+  if not supports(hidden, width, jnp.float32):  # other dtypes are cast
     raise ValueError(f"the CPU expert kernel needs hidden and expert widths that are multiples of 16, "
                      f"got {hidden}, {width}")
   if not available():
