@@ -53,7 +53,7 @@ def lowered_step(cfg, mesh):
 def oversized(cfg, mesh):
   """Collectives with at least `global tokens x top_k x moe width` or one device's share of the noisy
   half's logits (`rows x L x vocab / devices`) elements."""
-  _, text = hlo.hlo_after_partitioning(lowered_step(cfg, mesh))
+  _, text = hlo.hlo_after_partitioning(lowered_step(cfg, mesh), optimize_machine_code=False)
   dispatch = ROWS * 2 * SEQ * cfg.num_experts_per_tok * cfg.moe_intermediate_size
   logits = ROWS * SEQ * cfg.vocab_size // mesh.size
   limit = min(dispatch, logits)

@@ -25,8 +25,8 @@ def test_forward_and_oput_loss_gradient(tiny_model):
   noisy = ids.at[:, 8:].set(cfg.mask_token_id)
   labels = ids.at[:, :8].set(-100)
   loss = lambda v, w: dmax_jax.oput_loss(cfg, v, noisy, ids, labels, jnp.array([True, False]), 8, weighting=w)
-  for weighting in ("tokens", "sequence"):
-    assert jnp.isfinite(jax.jit(jax.grad(loss), static_argnums=1)(variables, weighting)["params"]["embedding"]).all()
+  both = lambda v: loss(v, "tokens") + loss(v, "sequence")  # one compile covers both weightings
+  assert jnp.isfinite(jax.jit(jax.grad(both))(variables)["params"]["embedding"]).all()
 
 
 @pytest.mark.parametrize("mode", ["spd", pytest.param("threshold", marks=pytest.mark.slow)])

@@ -73,3 +73,16 @@ def test_resume_check_reads_keys_missing_from_an_older_record_as_their_defaults(
   changed = load_run_config(TINY, [f"train.output_dir={out}", "train.loss_weighting=sequence"])
   with pytest.raises(ConfigError, match="train.loss_weighting: 'tokens' -> 'sequence'"):
     run_record.check_resume(changed, allow_config_change=True)
+
+
+def test_resume_check_refuses_another_objective_asks_for_a_flag_and_lets_the_mesh_change(tmp_path):
+  out = str(tmp_path / "run")
+  run_record.record(load_run_config(TINY, [f"train.output_dir={out}"]))
+  resume = lambda *overrides, allow=False: run_record.check_resume(
+      load_run_config(TINY, [f"train.output_dir={out}", *overrides]), allow_config_change=allow)
+  with pytest.raises(ConfigError, match="train.on_policy: True -> False.*new train.output_dir"):
+    resume("train.on_policy=false", allow=True)
+  with pytest.raises(ConfigError, match="train.max_steps: None -> 5.*--allow-config-change"):
+    resume("train.max_steps=5")
+  resume("train.max_steps=5", allow=True)
+  resume("mesh.fsdp=2", "mesh.expert=4")
