@@ -5,11 +5,13 @@ One SPD block step (`dmax_jax.decoding.generate.block_step`: a block of 32 token
 KV cache, then the SPD rule) of random LLaDA2-MoE models, timed compiled (best of --repeats), at batch 1
 and 8 and at the cache lengths of gen 256 and gen 1024 (prompt 64): the decode's last block (the cache filled)
 and the mean over --positions blocks spread over the decode (attention reads the cache only as far as it is
-filled, to the next of `dmax_jax.layers.attention.prefix_sizes`). Three layouts in one run:
+filled, to the next of `dmax_jax.layers.attention.prefix_sizes`). Layouts, any of them in one run:
   before: layers scanned over stacked weights, `tiled` MoE kernel (the earlier default);
   looped: layers unrolled over per-layer weights and cache (`scan_layers=False`, what decode.py loads),
-          XLA's own decode MoE kernel (`looped`);
-  after:  the same with the `auto` MoE kernel (`native` at these shapes on CPU: `dmax_jax/layers/cpu_experts.cc`).
+          XLA's own decode MoE kernel (`looped`), XLA's dots;
+  native_experts: the same with the CPU expert kernel (`native`, `dmax_jax/layers/cpu_kernels.cc`), XLA's dots;
+  after:  the same with `auto` kernels (on CPU at these shapes: the expert kernel and the matmul kernel for the
+          other weight matmuls, `dmax_jax/layers/linear.py`).
 With --whole-decode, also whole SPD decodes of random prompts (`decode_padded`), per batch forward: the block
 step's random inputs route evenly over the experts, a real decode routes a block's tokens to a few of them; the
 experts it touches are counted (a separate run with a host callback in each MoE layer) and its roofline for
@@ -61,8 +63,10 @@ MODELS = {
     "experts256": dict(_COMMON, hidden_size=512, num_hidden_layers=8, intermediate_size=1536,
                        moe_intermediate_size=256, num_experts=256, num_experts_per_tok=8, n_group=8, topk_group=4),
 }
-LAYOUTS = {"before": dict(scan_layers=True, moe_impl="tiled"), "looped": dict(scan_layers=False, moe_impl="looped"),
-           "after": dict(scan_layers=False, moe_impl="auto")}
+LAYOUTS = {"before": dict(scan_layers=True, moe_impl="tiled", matmul_impl="xla"),
+           "looped": dict(scan_layers=False, moe_impl="looped", matmul_impl="xla"),
+           "native_experts": dict(scan_layers=False, moe_impl="native", matmul_impl="xla"),
+           "after": dict(scan_layers=False, moe_impl="auto", matmul_impl="auto")}
 BLOCK, PROMPT = 32, 64
 
 

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from dmax_jax import sharding
 from dmax_jax.config import ModelConfig
-from dmax_jax.layers import embedding
+from dmax_jax.layers import embedding, linear
 from dmax_jax.layers.attention import Attention, mask_to_bias
 from dmax_jax.layers.common import logical_param
 from dmax_jax.layers.mlp import MoE, SwiGLU
@@ -151,8 +151,8 @@ class Transformer(nn.Module):
 
   def logits(self, hidden_BxTxH: jax.Array) -> jax.Array:
     """LM head on final-normed hidden states; float32 `[batch, seq, vocab]`."""
-    logits = jnp.einsum("bth,hv->btv", hidden_BxTxH.astype(jnp.dtype(self.config.dtype)), self.head_weight(),
-                        preferred_element_type=jnp.float32)
+    logits = linear.project(hidden_BxTxH.astype(jnp.dtype(self.config.dtype)), self.head_weight(),
+                            impl=self.config.matmul_impl, preferred_element_type=jnp.float32)
     return nn.with_logical_constraint(logits, ("batch", "length", "act_vocab"))
 
   def __call__(self, inputs_embeds_BxTxH, positions_BxT, bias, kv_prefix: LayerKV | None = None,

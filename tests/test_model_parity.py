@@ -27,12 +27,13 @@ def model(request, fixture_dir):
   return cfg, load_hf_variables(path, cfg)
 
 
-@pytest.mark.parametrize("moe_impl, scan_layers", [("ragged", True), ("tiled", True), ("bucketed", True),
-                                                    ("looped", False), ("native", False)])
+@pytest.mark.parametrize("moe_impl, scan_layers, matmul_impl", [
+    ("ragged", True, "xla"), ("tiled", True, "xla"), ("bucketed", True, "xla"), ("looped", False, "native"),
+    ("native", False, "native")])
 @pytest.mark.parametrize("case", ["case1", "case2", "case3"])
-def test_token_logits_match_reference(model, expected, case, moe_impl, scan_layers):
+def test_token_logits_match_reference(model, expected, case, moe_impl, scan_layers, matmul_impl):
   cfg, variables = model
-  cfg = cfg.replace(moe_impl=moe_impl, scan_layers=scan_layers)
+  cfg = cfg.replace(moe_impl=moe_impl, scan_layers=scan_layers, matmul_impl=matmul_impl)
   if not scan_layers:
     variables = unstack_layers(cfg, variables)
   logits = forward(cfg, variables, input_ids=expected[f"{case}_input_ids"],

@@ -46,8 +46,8 @@ def _problem(tokens, experts, top_k, skew, d, f):
   return x, ids, jax.random.uniform(ks, (tokens, top_k)), w
 
 
-def test_native_kernel_over_several_weight_blocks_and_column_panels():
-  """Widths where the kernel streams each matrix in several blocks of rows and mixes 64- and 16-column panels."""
+def test_native_kernel_over_mixed_column_panels():
+  """Widths that mix 64- and 16-column panels in every matrix, rows that leave partial 4-row tiles."""
   x, ids, weights, w = _problem(37, 16, 4, 3.0, d=128, f=208)
   got = jax.jit(functools.partial(moe_ops.dispatch_experts, impl="native"))(x, ids, weights, w)
   np.testing.assert_allclose(np.asarray(got), _reference(x, ids, weights, w), atol=2e-5, rtol=1e-5)
@@ -121,26 +121,26 @@ def test_auto_picks_the_native_kernel_for_float32_decode_shapes_on_cpu():
 
 
 def test_native_kernel_unbuildable_falls_back_with_a_warning(tmp_path, monkeypatch):
-  from dmax_jax.layers import cpu_experts
+  from dmax_jax.layers import cpu_kernels
   monkeypatch.setenv("DMAX_JAX_KERNEL_CACHE", str(tmp_path))
   monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
-  cpu_experts.available.cache_clear()
+  cpu_kernels.available.cache_clear()
   try:
-    with pytest.warns(UserWarning, match="CPU expert kernel is unavailable"):
-      assert not cpu_experts.available()
+    with pytest.warns(UserWarning, match="CPU kernels are unavailable"):
+      assert not cpu_kernels.available()
     w = moe_ops.ExpertWeights(jnp.zeros((8, 16, 16)), jnp.zeros((8, 16, 16)), jnp.zeros((8, 16, 16)))
     assert moe_ops.resolve_impl("auto", jnp.zeros((16, 16)), w) == "looped"
   finally:
-    cpu_experts.available.cache_clear()
+    cpu_kernels.available.cache_clear()
 
 
 def test_native_kernel_rejects_mismatched_weights():
-  from dmax_jax.layers import cpu_experts
+  from dmax_jax.layers import cpu_kernels
   rows, sizes = jnp.zeros((4, 16)), jnp.array([3, 1], jnp.int32)
   gate = up = jnp.zeros((2, 16, 32))
   with pytest.raises(Exception, match="shapes disagree"):
     down = jnp.zeros((2, 16, 32))  # must be [2, 32, 16]
-    jax.block_until_ready(cpu_experts.experts(rows, sizes, gate, up, down))
+    jax.block_until_ready(cpu_kernels.experts(rows, sizes, gate, up, down))
   with pytest.raises(ValueError, match="multiples of 16"):
     odd = jnp.zeros((2, 12, 32))
-    cpu_experts.experts(jnp.zeros((4, 12)), sizes, odd, odd, jnp.zeros((2, 32, 12)))
+    cpu_kernels.experts(jnp.zeros((4, 12)), sizes, odd, odd, jnp.zeros((2, 32, 12)))

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from dmax_jax.config import ModelConfig
+from dmax_jax.layers import linear
 from dmax_jax.layers.common import logical_param
 from dmax_jax.layers.norms import rms_norm
 from dmax_jax.layers.rope import apply_partial_rope
@@ -129,9 +130,9 @@ class Attention(nn.Module):
     wv = logical_param(self, "value", (h, kvh, d), ("embed", "kv_heads", "head_dim"))
     wo = logical_param(self, "out", (n, d, h), ("heads", "head_dim", "embed"))
     x = x_BxTxH.astype(dtype)
-    q = jnp.einsum("bth,hnd->btnd", x, wq.astype(dtype))
-    k = jnp.einsum("bth,hkd->btkd", x, wk.astype(dtype))
-    v = jnp.einsum("bth,hkd->btkd", x, wv.astype(dtype))
+    q = linear.project(x, wq.astype(dtype), impl=cfg.matmul_impl)
+    k = linear.project(x, wk.astype(dtype), impl=cfg.matmul_impl)
+    v = linear.project(x, wv.astype(dtype), impl=cfg.matmul_impl)
     if cfg.use_qk_norm:
       ones = nn.initializers.ones
       q = rms_norm(q, logical_param(self, "query_norm", (d,), ("head_dim",), ones), cfg.rms_norm_eps)
@@ -145,5 +146,5 @@ class Attention(nn.Module):
     v = nn.with_logical_constraint(v.transpose(0, 2, 1, 3), ("batch", "act_kv_heads", "kv_length", "head_dim"))
     prefix = None if kv_prefix is None else tuple(a.astype(dtype) for a in kv_prefix)
     out = attend(q, k, v, bias_Bx1xTxS, prefix)
-    out = jnp.einsum("btnd,ndh->bth", out, wo.astype(dtype))
+    out = linear.project(out, wo.astype(dtype), 2, impl=cfg.matmul_impl)
     return out, (k, v)

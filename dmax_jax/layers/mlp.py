@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from dmax_jax import sharding
 from dmax_jax.config import ModelConfig
-from dmax_jax.layers import moe_ops
+from dmax_jax.layers import linear, moe_ops
 from dmax_jax.layers.common import logical_param
 
 
@@ -30,10 +30,10 @@ class SwiGLU(nn.Module):
     w_up = logical_param(self, "up", (h, self.width), ("embed", self.mlp_axis))
     w_down = logical_param(self, "down", (self.width, h), (self.mlp_axis, "embed"))
     x = x_BxTxH.astype(dtype)
-    gate = jnp.einsum("bth,hf->btf", x, w_gate.astype(dtype))
-    up = jnp.einsum("bth,hf->btf", x, w_up.astype(dtype))
+    gate = linear.project(x, w_gate.astype(dtype), impl=cfg.matmul_impl)
+    up = linear.project(x, w_up.astype(dtype), impl=cfg.matmul_impl)
     act = nn.with_logical_constraint(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
-    return jnp.einsum("btf,fh->bth", act, w_down.astype(dtype))
+    return linear.project(act, w_down.astype(dtype), impl=cfg.matmul_impl)
 
 
 class MoE(nn.Module):
@@ -62,8 +62,8 @@ class MoE(nn.Module):
     b, t, _ = x_BxTxH.shape
     x_TxH = x_BxTxH.reshape(b * t, h)
     with jax.named_scope("router"):
-      router_logits = jnp.einsum("th,he->te", x_TxH.astype(jnp.float32), w_router.astype(jnp.float32),
-                                 precision=jax.lax.Precision.HIGHEST)
+      router_logits = linear.project(x_TxH.astype(jnp.float32), w_router.astype(jnp.float32), impl=cfg.matmul_impl,
+                                     precision=jax.lax.Precision.HIGHEST)
     route_fn = functools.partial(
         moe_ops.route, top_k=cfg.num_experts_per_tok, n_group=cfg.n_group, topk_group=cfg.topk_group,
         routed_scaling_factor=cfg.routed_scaling_factor, norm_topk_prob=cfg.norm_topk_prob)

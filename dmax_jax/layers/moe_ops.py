@@ -11,7 +11,7 @@ expands `ragged_dot` into a dense dot over every expert), with a loop over tiles
 rows, each multiplied by its expert's weights in place (`looped`: few rows per expert, decoding), with
 per-expert buckets multiplied by all stacked weights in place plus a loop over overflow tiles (`bucketed`:
 few rows per expert, evenly routed), or with a hand-written CPU kernel that streams each used expert's weights
-once (`native`: decoding on CPU, `cpu_experts.py`).
+once (`native`: decoding on CPU, `cpu_kernels.py`).
 
 On a mesh, `expert_parallel_moe` runs routing and the same dispatch in `shard_map`: each device holds
 `E / ep` whole experts; the tokens of the expert-parallel group are all-gathered, each device multiplies
@@ -38,7 +38,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from dmax_jax import sharding
-from dmax_jax.layers import cpu_experts
+from dmax_jax.layers import cpu_kernels
 
 
 class ExpertWeights(NamedTuple):
@@ -243,7 +243,7 @@ def _looped_experts(rows_MxH, group_sizes_E, w: ExpertWeights, dtype, max_tile: 
 @_with_tiled_backward
 def _native_experts(rows_MxH, group_sizes_E, w: ExpertWeights, dtype, max_tile: int) -> jax.Array:
   del max_tile
-  return cpu_experts.experts(rows_MxH, group_sizes_E, w.gate, w.up, w.down).astype(dtype)
+  return cpu_kernels.experts(rows_MxH, group_sizes_E, w.gate, w.up, w.down).astype(dtype)
 
 
 # On CPU, `auto` uses a decode kernel up to this many rows per expert on average (decoding: a block of
@@ -264,8 +264,8 @@ def resolve_impl(impl: str, rows_MxH: jax.Array, experts: ExpertWeights) -> str:
   num_experts, hidden, width = experts.gate.shape
   if rows_MxH.shape[0] > DECODE_MAX_MEAN_ROWS * num_experts:
     return "tiled"
-  native = all(cpu_experts.supports(hidden, width, a.dtype) for a in (rows_MxH, *experts))
-  return "native" if native and cpu_experts.available() else "looped"
+  native = all(cpu_kernels.supports(hidden, width, a.dtype) for a in (rows_MxH, *experts))
+  return "native" if native and cpu_kernels.available() else "looped"
 
 
 @jax.named_scope("expert_matmuls")

@@ -1,14 +1,18 @@
-"""The routed experts of a decoding forward on CPU as a hand-written kernel (`cpu_experts.cc`, an XLA FFI call).
+"""Hand-written CPU kernels for a decoding forward's matmuls (`cpu_kernels.cc`, XLA FFI calls, float32).
 
-At decode shapes (a few rows per expert) XLA:CPU's loop over experts copies every weight matrix it uses out of
-the stacked array before its dot and runs a loop iteration per tile, so it streams the weights at a fraction
-of the machine's bandwidth; the kernel reads each used expert's weights once, in place. It is compiled with the
+`experts`: a layer's routed experts. At decode shapes (a few rows per expert) XLA:CPU's loop over experts copies
+every weight matrix it uses out of the stacked array before its dot and runs a loop iteration per tile, so it
+streams the weights at a fraction of the machine's bandwidth; the kernel reads each used expert's weights once,
+in place. `matmul`: `x @ w` for the few rows of a decode (projections, dense MLPs, LM head), where XLA:CPU's dot
+runs well under the machine's FLOP/s (LM head of the mid-size model, 32 rows: ~105-120 GFLOP/s against ~165).
+The library is compiled with the
 machine's C++ compiler on first use (`-O3 -march=native`, a few seconds) into a cache folder
 (`$DMAX_JAX_KERNEL_CACHE`, default `~/.cache/dmax_jax`), keyed by its source, the flags, jaxlib's version and
 the CPU's features.
-Where it cannot be built (no compiler), `available()` is false and `moe_ops` keeps to its XLA kernels.
+Where it cannot be built (no compiler), `available()` is false and callers keep to XLA's kernels.
 
-Shapes follow the package legend: M assignment rows (sorted by expert), H hidden, F expert width, E experts.
+Shapes follow the package legend: M rows (assignment rows sorted by expert), H hidden, F expert width, E
+experts; K and N a matmul's contracted and output widths.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 
-SOURCE = pathlib.Path(__file__).with_name("cpu_experts.cc")
-TARGET = "dmax_cpu_experts"
+SOURCE = pathlib.Path(__file__).with_name("cpu_kernels.cc")
+TARGETS = {"dmax_cpu_experts": "DmaxCpuExperts", "dmax_cpu_matmul": "DmaxCpuMatmul"}
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
 
 
@@ -48,7 +52,7 @@ def _library_path() -> pathlib.Path:
   key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + jaxlib.__version__.encode() +
                        _cpu_features().encode()).hexdigest()
   cache = pathlib.Path(os.environ.get("DMAX_JAX_KERNEL_CACHE", pathlib.Path.home() / ".cache" / "dmax_jax"))
-  return cache / f"cpu_experts-{key[:16]}.so"
+  return cache / f"cpu_kernels-{key[:16]}.so"
 
 
 def _build(target: pathlib.Path) -> None:
@@ -73,10 +77,11 @@ def available() -> bool:
     if not path.exists():
       _build(path)
     library = ctypes.CDLL(str(path))
-    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.DmaxCpuExperts), platform="cpu")
+    for target, symbol in TARGETS.items():
+      jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
     return True
   except (OSError, RuntimeError) as e:
-    warnings.warn(f"the CPU expert kernel is unavailable, using XLA's ({e})", stacklevel=2)
+    warnings.warn(f"the CPU kernels are unavailable, using XLA's ({e})", stacklevel=2)
     return False
 
 
@@ -93,7 +98,19 @@ def experts(rows_MxH: jax.Array, group_sizes_E: jax.Array, gate_ExHxF: jax.Array
     raise ValueError(f"the CPU expert kernel needs hidden and expert widths that are multiples of 16, "
                      f"got {hidden}, {width}")
   if not available():
-    raise RuntimeError("the CPU expert kernel could not be built (see the warning above)")
-  call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(rows_MxH.shape, jnp.float32), vmap_method="sequential")
+    raise RuntimeError("the CPU kernels could not be built (see the warning above)")
+  call = jax.ffi.ffi_call("dmax_cpu_experts", jax.ShapeDtypeStruct(rows_MxH.shape, jnp.float32), vmap_method="sequential")
   return call(rows_MxH.astype(jnp.float32), group_sizes_E.astype(jnp.int32), gate_ExHxF.astype(jnp.float32),
               up_ExHxF.astype(jnp.float32), down_ExFxH.astype(jnp.float32))
+
+
+def matmul(x_MxK: jax.Array, w_KxN: jax.Array) -> jax.Array:
+  """`[M, N]` float32 `x @ w` (N a multiple of 16)."""
+  if w_KxN.shape[1] % 16 != 0 or x_MxK.shape[1] != w_KxN.shape[0]:
+    raise ValueError(f"the CPU matmul kernel needs x [M, K] and w [K, N] with N a multiple of 16, got "
+                     f"{x_MxK.shape} and {w_KxN.shape}")
+  if not available():
+    raise RuntimeError("the CPU kernels could not be built (see the warning above)")
+  call = jax.ffi.ffi_call("dmax_cpu_matmul", jax.ShapeDtypeStruct((x_MxK.shape[0], w_KxN.shape[1]), jnp.float32),
+                          vmap_method="sequential")
+  return call(x_MxK.astype(jnp.float32), w_KxN.astype(jnp.float32))

@@ -1,0 +1,56 @@
+"""The weight matmuls outside the routed experts (attention projections, dense and shared MLPs, router, LM head):
+XLA's dot, or on CPU at decode shapes the hand-written kernel (`cpu_kernels.matmul`).
+
+`project(x, w, contract)` contracts the last `contract` axes of `x` with the first `contract` axes of `w`, as
+`jnp.tensordot`. `auto` picks `native` on CPU for float32 operands of at most `DECODE_MAX_ROWS` rows (a decode's
+batch x block) outside multi-device meshes (a custom call is not partitioned), `xla` otherwise; `native` uses the
+kernel wherever it takes the operands. Gradients of `native` are XLA's dots.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from dmax_jax.layers import cpu_kernels
+
+DECODE_MAX_ROWS = 256  # batch 8 of 32-token blocks; training shapes have more rows
+
+
+def resolve_impl(impl: str, rows: int, n: int, dtype) -> str:
+  """`native` only where the kernel takes the operands (float32, N a multiple of 16), XLA's dot elsewhere."""
+  if impl == "xla" or n % 16 != 0 or jnp.dtype(dtype) != jnp.float32:
+    return "xla"
+  if impl == "native":
+    return "native"
+  if jax.default_backend() != "cpu" or jax.sharding.get_abstract_mesh().size > 1 or rows > DECODE_MAX_ROWS:
+    return "xla"
+  return "native" if cpu_kernels.available() else "xla"
+
+
+@jax.custom_vjp
+def _native_matmul(x_MxK: jax.Array, w_KxN: jax.Array) -> jax.Array:
+  return cpu_kernels.matmul(x_MxK, w_KxN)
+
+
+def _native_matmul_fwd(x_MxK, w_KxN):
+  return cpu_kernels.matmul(x_MxK, w_KxN), (x_MxK, w_KxN)
+
+
+def _native_matmul_bwd(residuals, grad_MxN):
+  x_MxK, w_KxN = residuals
+  return grad_MxN @ w_KxN.T, x_MxK.T @ grad_MxN
+
+
+_native_matmul.defvjp(_native_matmul_fwd, _native_matmul_bwd)
+
+
+def project(x: jax.Array, w: jax.Array, contract: int = 1, *, impl: str = "auto", **dot_options) -> jax.Array:
+  """`jnp.tensordot(x, w, contract, **dot_options)`, by the kernel `impl` resolves to."""
+  batch_shape, out_shape = x.shape[:x.ndim - contract], w.shape[contract:]
+  rows, k, n = math.prod(batch_shape), math.prod(w.shape[:contract]), math.prod(out_shape)
+  if resolve_impl(impl, rows, n, jnp.promote_types(x.dtype, w.dtype)) == "native":
+    return _native_matmul(x.reshape(rows, k), w.reshape(k, n)).reshape(batch_shape + out_shape)
+  return jnp.tensordot(x, w, contract, **dot_options)
