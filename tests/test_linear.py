@@ -40,9 +40,11 @@ def test_gradient_of_native_equals_xla():
 
 
 def test_auto_picks_the_kernel_for_float32_decode_shapes_on_cpu_outside_meshes(monkeypatch):
-  assert linear.resolve_impl("auto", linear.DECODE_MAX_ROWS, 512, jnp.float32) == "native"
+  assert linear.resolve_impl("auto", linear.FEW_ROWS, 512, jnp.float32) == "native"
   assert linear.resolve_impl("auto", 32, 512, jnp.bfloat16) == "xla"
-  assert linear.resolve_impl("auto", linear.DECODE_MAX_ROWS + 1, 512, jnp.float32) == "xla"  # training shapes
+  assert linear.resolve_impl("auto", linear.FEW_ROWS + 1, 512, jnp.float32) == "xla"
+  assert linear.resolve_impl("auto", linear.WIDE_MAX_ROWS, linear.WIDE_COLUMNS, jnp.float32) == "native"  # LM head
+  assert linear.resolve_impl("auto", linear.WIDE_MAX_ROWS + 1, linear.WIDE_COLUMNS, jnp.float32) == "xla"  # training
   assert linear.resolve_impl("auto", 32, 40, jnp.float32) == "xla"
   assert linear.resolve_impl("xla", 32, 512, jnp.float32) == "xla"
   assert linear.resolve_impl("native", 4096, 512, jnp.float32) == "native"

@@ -245,7 +245,7 @@ ffi::Error Experts(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
   return ffi::Error::Success();
 }
 
-// Column panels per piece of work: pieces of about equal size, a few per thread.
+// Pieces of work (runs of whole column panels) per thread: a few, so that threads that start late still share.
 constexpr int64_t kPiecesPerThread = 4;
 
 ffi::Error Matmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
@@ -255,14 +255,14 @@ ffi::Error Matmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi
     return ffi::Error::InvalidArgument("cpu_matmul: expected x [M, K], w [K, N], N a multiple of 16");
   }
   const int64_t m = x_dims[0], k = x_dims[1], n = w_dims[1];
-  const int64_t panels = n / 16;  // in units of 16 columns; pieces are whole 64-column panels but the last
-  const int64_t pieces = std::max<int64_t>(1, std::min<int64_t>(kPiecesPerThread * (pool.num_threads() + 1),
-                                                                (panels + 3) / 4));
+  const int64_t panels = (n + 63) / 64;  // of 64 columns, the last one possibly narrower
+  const int64_t pieces = std::max<int64_t>(
+      1, std::min<int64_t>(kPiecesPerThread * (pool.num_threads() + 1), panels));
   const float* xd = x.typed_data();
   const float* wd = w.typed_data();
   float* od = out->typed_data();
   RunOnPool(pool, pieces, [=](int64_t i) {
-    const int64_t c0 = 64 * ((panels + 3) / 4 * i / pieces), c1 = std::min(n, 64 * ((panels + 3) / 4 * (i + 1) / pieces));
+    const int64_t c0 = 64 * (panels * i / pieces), c1 = std::min(n, 64 * (panels * (i + 1) / pieces));
     if (c0 < c1) MatmulColumns(m, xd, wd, k, n, c0, c1, od);
   });
   return ffi::Error::Success();

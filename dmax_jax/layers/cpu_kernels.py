@@ -99,7 +99,8 @@ def experts(rows_MxH: jax.Array, group_sizes_E: jax.Array, gate_ExHxF: jax.Array
                      f"got {hidden}, {width}")
   if not available():
     raise RuntimeError("the CPU kernels could not be built (see the warning above)")
-  call = jax.ffi.ffi_call("dmax_cpu_experts", jax.ShapeDtypeStruct(rows_MxH.shape, jnp.float32), vmap_method="sequential")
+  call = jax.ffi.ffi_call("dmax_cpu_experts", jax.ShapeDtypeStruct(rows_MxH.shape, jnp.float32),
+                          vmap_method="sequential")
   return call(rows_MxH.astype(jnp.float32), group_sizes_E.astype(jnp.int32), gate_ExHxF.astype(jnp.float32),
               up_ExHxF.astype(jnp.float32), down_ExFxH.astype(jnp.float32))
 

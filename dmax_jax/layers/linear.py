@@ -2,9 +2,11 @@
 XLA's dot, or on CPU at decode shapes the hand-written kernel (`cpu_kernels.matmul`).
 
 `project(x, w, contract)` contracts the last `contract` axes of `x` with the first `contract` axes of `w`, as
-`jnp.tensordot`. `auto` picks `native` on CPU for float32 operands of at most `DECODE_MAX_ROWS` rows (a decode's
-batch x block) outside multi-device meshes (a custom call is not partitioned), `xla` otherwise; `native` uses the
-kernel wherever it takes the operands. Gradients of `native` are XLA's dots.
+`jnp.tensordot`. `auto` picks `native` on CPU for float32 operands outside multi-device meshes (a custom call is
+not partitioned) where the kernel beats XLA's dot (`benchmarks/matmul_kernel.py`, the mid-size model's decode
+matmuls with cold weights): every matmul of up to `FEW_ROWS` rows, the LM head (`WIDE_COLUMNS` or more) up to
+`WIDE_MAX_ROWS`; `xla` otherwise. `native` uses the kernel wherever it takes the operands. Gradients of `native`
+are XLA's dots.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import jax.numpy as jnp
 
 from dmax_jax.layers import cpu_kernels
 
-DECODE_MAX_ROWS = 256  # batch 8 of 32-token blocks; training shapes have more rows
+FEW_ROWS = 64  # batch 2 of 32-token blocks; at 32 rows 1.1-1.7x XLA's dot, at 256 rows 0.66-1.1x but the LM head
+WIDE_COLUMNS, WIDE_MAX_ROWS = 8192, 256  # the LM head at batch 8 (256 rows): 1.75x
 
 
 def resolve_impl(impl: str, rows: int, n: int, dtype) -> str:
@@ -25,7 +28,9 @@ def resolve_impl(impl: str, rows: int, n: int, dtype) -> str:
     return "xla"
   if impl == "native":
     return "native"
-  if jax.default_backend() != "cpu" or jax.sharding.get_abstract_mesh().size > 1 or rows > DECODE_MAX_ROWS:
+  if jax.default_backend() != "cpu" or jax.sharding.get_abstract_mesh().size > 1:
+    return "xla"
+  if rows > FEW_ROWS and not (n >= WIDE_COLUMNS and rows <= WIDE_MAX_ROWS):
     return "xla"
   return "native" if cpu_kernels.available() else "xla"
 
