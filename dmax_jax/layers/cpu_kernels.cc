@@ -1,9 +1,9 @@
 // Matmuls of a decoding forward on CPU, as XLA FFI custom calls (float32): `DmaxCpuMatmul` (x @ w for a few rows:
 // projections, dense MLPs, LM head) and `DmaxCpuExperts` (a layer's routed SwiGLU experts).
 //
-// Both multiply panel by panel of 64 weight columns: the panel's first 4-row register tile reads it from memory,
-// a fixed number of weight rows prefetched ahead, and packs it contiguously; the other tiles read the packed copy
-// from cache, each summing over all of k in registers. At decode shapes the cost is reading the weights once at
+// Both multiply panel by panel of 64 weight columns, each 4-row register tile summing over all of k in registers:
+// the panel's first tile reads it from memory, a fixed number of weight rows prefetched ahead, and in wide matrices
+// packs it contiguously; the other tiles read the panel from cache (the packed copy, or in place). At decode shapes the cost is reading the weights once at
 // the core's FMA rate; XLA:CPU's dot runs well under it for these shapes, and its loop over experts copies each
 // weight matrix out of the stacked array before its dot (`looped` in `dmax_jax/layers/moe_ops.py`).
 //
@@ -36,8 +36,8 @@ inline void Store(float* p, v16 v) { *reinterpret_cast<v16u*>(p) = v; }
 
 // e^x for 16 floats, evaluated in double (x = n ln 2 + r, |r| <= ln 2 / 2, Taylor terms to r^10, times 2^n) and
 // rounded once to float: std::exp's result for all but ~0.06% of floats (1 ulp). std::exp is not vectorized without
-// -ffast-math; a float polynomial within 1 ulp moved the fixture's SPD confidences by up to 1e-4 (SPD feeds them
-// back), this by up to 7.6e-5 like std::exp.
+// -ffast-math; a float polynomial within 1 ulp moved the fixture's SPD confidences by up to 1.04e-4 from the official
+// trace (SPD feeds them back), this one by up to 7.6e-5 (XLA's `looped` kernel: 3.3e-5).
 inline v16 Exp(v16 x) {
   typedef double v8d __attribute__((vector_size(64)));
   typedef float v8f __attribute__((vector_size(32)));
@@ -107,20 +107,19 @@ inline void Tile(const float* x, int64_t ldx, const float* w, int64_t ldw, int64
     for (int j = 0; j < NV; ++j) Store(o + r * ldo + 16 * j, acc[r][j]);
 }
 
-// Weight rows a column panel's first tile prefetches ahead of its reads: a panel's rows are `n` floats apart, a
-// multiple of 4 KB in wide matrices, so they share cache sets and lines prefetched further ahead evict each other.
-// 8 rows ahead: LM head (32 x 512 x 32768) 136 GFLOP/s; 16-24: 163-166 (into L2; into L1: ~115).
+// Weight rows a column panel's first tile prefetches ahead of its reads, into L2. LM head (32 x 512 x 32768): 8 rows
+// ahead 136 GFLOP/s, 16-24 rows 163-166; into L1 instead 111-118.
 constexpr int64_t kPanelPrefetchRows = 16;
 
 // Matrices at least this wide are packed: their rows are 4 KB or more apart, so a panel's rows share cache sets
-// and evict each other before the next tile reads them (LM head, 32 x 512 x 32768: ~105 -> ~140-165 GFLOP/s).
+// and evict each other before the next tile reads them (LM head, 32 x 512 x 32768: ~103 -> 136-166 GFLOP/s).
 // Narrower panels stay in cache in place, and packing them costs more than it saves (the mid-size model's experts
-// alone, 7 layers at batch 1: 10.8 ms packed, 10.0 in place).
+// alone, 7 layers at batch 1: 10.4-10.8 ms packed, 9.6-10.0 in place).
 constexpr int64_t kPackMinColumns = 1024;
 
 // out[:, 0:16*NV) = x[rows, k] @ w[k, 0:16*NV) (w's and out's rows `n` apart), 4-row tiles, each summing over all
-// of k in registers. The first tile reads the panel from memory, prefetching ahead; in wide matrices it packs the
-// panel contiguously into `pack`, and the other tiles read that copy.
+// of k in registers. The first tile reads the panel from memory, prefetching ahead, and packs it contiguously into
+// `pack` unless it is null; the other tiles read that copy, or the panel in place.
 template <int NV>
 void PanelTiles(int64_t rows, const float* x, const float* w, int64_t k, int64_t n, float* out, float* pack) {
   const int64_t ahead = std::min(k, kPanelPrefetchRows);
@@ -128,7 +127,6 @@ void PanelTiles(int64_t rows, const float* x, const float* w, int64_t k, int64_t
     for (int v = 0; v < NV; ++v) __builtin_prefetch(w + d * n + 16 * v, 0, 2);
   Prefetch pf{reinterpret_cast<const char*>(w + ahead * n), 4 * n, NV, k - ahead};
   Prefetch none{nullptr, 0, 0, 0};
-  if (n < kPackMinColumns) pack = nullptr;
   const int64_t first = std::min<int64_t>(rows, 4);
   switch (first) {
     case 4: Tile<4, NV>(x, k, w, n, k, out, n, pf, pack); break;
@@ -151,11 +149,15 @@ void PanelTiles(int64_t rows, const float* x, const float* w, int64_t k, int64_t
 // panel by panel of 64 (at the end 16) columns.
 void MatmulColumns(int64_t rows, const float* x, const float* w, int64_t k, int64_t n, int64_t c0, int64_t c1,
                    float* out) {
-  thread_local std::vector<float> pack;
-  pack.resize(k * 64);
+  thread_local std::vector<float> buffer;
+  float* pack = nullptr;
+  if (n >= kPackMinColumns) {
+    buffer.resize(k * 64);
+    pack = buffer.data();
+  }
   int64_t j = c0;
-  for (; j + 64 <= c1; j += 64) PanelTiles<4>(rows, x, w + j, k, n, out + j, pack.data());
-  for (; j < c1; j += 16) PanelTiles<1>(rows, x, w + j, k, n, out + j, pack.data());
+  for (; j + 64 <= c1; j += 64) PanelTiles<4>(rows, x, w + j, k, n, out + j, pack);
+  for (; j < c1; j += 16) PanelTiles<1>(rows, x, w + j, k, n, out + j, pack);
 }
 
 // Work handed out one piece at a time to whichever of XLA's intra-op threads asks next; the state outlives the

@@ -4,11 +4,10 @@
 every weight matrix it uses out of the stacked array before its dot and runs a loop iteration per tile, so it
 streams the weights at a fraction of the machine's bandwidth; the kernel reads each used expert's weights once,
 in place. `matmul`: `x @ w` for the few rows of a decode (projections, dense MLPs, LM head), where XLA:CPU's dot
-runs well under the machine's FLOP/s (LM head of the mid-size model, 32 rows: ~105-120 GFLOP/s against ~165).
-The library is compiled with the
-machine's C++ compiler on first use (`-O3 -march=native`, a few seconds) into a cache folder
-(`$DMAX_JAX_KERNEL_CACHE`, default `~/.cache/dmax_jax`), keyed by its source, the flags, jaxlib's version and
-the CPU's features.
+runs well under the machine's FLOP/s (the mid-size model's matmuls at 32 rows: 81-123 GFLOP/s, the kernel 137-148,
+a 2048^3 matmul 187; `benchmarks/matmul_kernel.py`). The library is compiled with the machine's C++ compiler on
+first use (`-O3 -march=native`, a few seconds) into a cache folder (`$DMAX_JAX_KERNEL_CACHE`, default
+`~/.cache/dmax_jax`), keyed by its source, the flags, jaxlib's version and the CPU's features.
 Where it cannot be built (no compiler), `available()` is false and callers keep to XLA's kernels.
 
 Shapes follow the package legend: M rows (assignment rows sorted by expert), H hidden, F expert width, E
