@@ -151,8 +151,10 @@ class Transformer(nn.Module):
 
   def logits(self, hidden_BxTxH: jax.Array) -> jax.Array:
     """LM head on final-normed hidden states; float32 `[batch, seq, vocab]`."""
-    logits = linear.project(hidden_BxTxH.astype(jnp.dtype(self.config.dtype)), self.head_weight(),
-                            impl=self.config.matmul_impl, preferred_element_type=jnp.float32)
+    # Tied, the head is the embedding's transpose, which the CPU kernel would need copied at every call.
+    impl = "xla" if self.config.tie_word_embeddings else self.config.matmul_impl
+    logits = linear.project(hidden_BxTxH.astype(jnp.dtype(self.config.dtype)), self.head_weight(), impl=impl,
+                            preferred_element_type=jnp.float32)
     return nn.with_logical_constraint(logits, ("batch", "length", "act_vocab"))
 
   def __call__(self, inputs_embeds_BxTxH, positions_BxT, bias, kv_prefix: LayerKV | None = None,

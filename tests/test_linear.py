@@ -1,13 +1,15 @@
 """The weight matmuls outside the routed experts (`dmax_jax.layers.linear`): the CPU kernel against numpy in
-float64, its gradient against XLA's, and what `auto` picks."""
+float64, its gradient against XLA's, what `auto` picks, and the tied LM head kept on XLA's dot."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.extend import core as jex_core
 
-from dmax_jax import sharding
+from dmax_jax import ModelConfig, forward, sharding
 from dmax_jax.layers import cpu_kernels, linear
+from dmax_jax.model import abstract_variables
 
 
 # rows leaving partial 4-row tiles; widths mixing 64- and 16-column panels; >= 1024 columns: packed panels
@@ -60,3 +62,23 @@ def test_matmul_kernel_rejects_bad_shapes():
     cpu_kernels.matmul(jnp.zeros((4, 8)), jnp.zeros((8, 40)))
   with pytest.raises(ValueError, match="multiple of 16"):
     cpu_kernels.matmul(jnp.zeros((4, 8)), jnp.zeros((9, 16)))
+
+
+def _matmul_calls(jaxpr) -> int:
+  count = 0
+  for eqn in jaxpr.eqns:
+    count += eqn.primitive.name == "ffi_call" and eqn.params.get("target_name") == "dmax_cpu_matmul"
+    count += sum(_matmul_calls(sub) for sub in jex_core.jaxprs_in_params(eqn.params))
+  return count
+
+
+def test_tied_lm_head_stays_on_xla_dot(fixture_dir):
+  """Tied, the head is the embedding's transpose: the kernel would need it copied at every call."""
+  untied = ModelConfig.from_json(fixture_dir)
+  ids = jax.ShapeDtypeStruct((1, 8), jnp.int32)
+  calls = {}
+  for tied in (False, True):
+    cfg = untied.replace(tie_word_embeddings=tied)
+    fn = lambda v, i, cfg=cfg: forward(cfg, v, input_ids=i)
+    calls[tied] = _matmul_calls(jax.make_jaxpr(fn)(abstract_variables(cfg), ids).jaxpr)
+  assert calls[False] > 0 and calls[True] == calls[False] - 1

@@ -53,7 +53,8 @@ _native_matmul.defvjp(_native_matmul_fwd, _native_matmul_bwd)
 
 
 def project(x: jax.Array, w: jax.Array, contract: int = 1, *, impl: str = "auto", **dot_options) -> jax.Array:
-  """`jnp.tensordot(x, w, contract, **dot_options)`, by the kernel `impl` resolves to."""
+  """`jnp.tensordot(x, w, contract, **dot_options)`, by the kernel `impl` resolves to (the CPU kernel computes in
+  float32 throughout, as `precision=HIGHEST, preferred_element_type=float32` would)."""
   batch_shape, out_shape = x.shape[:x.ndim - contract], w.shape[contract:]
   rows, k, n = math.prod(batch_shape), math.prod(w.shape[:contract]), math.prod(out_shape)
   if resolve_impl(impl, rows, n, jnp.promote_types(x.dtype, w.dtype)) == "native":
