@@ -114,7 +114,7 @@ constexpr int64_t kPanelPrefetchRows = 16;
 // Matrices at least this wide are packed: their rows are 4 KB or more apart, so a panel's rows share cache sets
 // and evict each other before the next tile reads them (LM head, 32 x 512 x 32768: ~103 -> 136-166 GFLOP/s).
 // Narrower panels stay in cache in place, and packing them costs more than it saves (the mid-size model's experts
-// alone, 7 layers at batch 1: 10.4-10.8 ms packed, 9.6-10.0 in place).
+// alone, 7 layers at batch 1: 10.4-10.8 ms packed, 8.9-10.0 in place).
 constexpr int64_t kPackMinColumns = 1024;
 
 // out[:, 0:16*NV) = x[rows, k] @ w[k, 0:16*NV) (w's and out's rows `n` apart), 4-row tiles, each summing over all
