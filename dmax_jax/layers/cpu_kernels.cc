@@ -117,6 +117,18 @@ constexpr int64_t kPanelPrefetchRows = 16;
 // alone, 7 layers at batch 1: 10.4-10.8 ms packed, 8.9-10.0 in place).
 constexpr int64_t kPackMinColumns = 1024;
 
+// One tile of `rows` (1-4) rows: Tile with R chosen at run time.
+template <int NV>
+inline void TileOfRows(int64_t rows, const float* x, int64_t ldx, const float* w, int64_t ldw, int64_t k, float* o,
+                       int64_t ldo, Prefetch& pf, float* pack) {
+  switch (rows) {
+    case 4: Tile<4, NV>(x, ldx, w, ldw, k, o, ldo, pf, pack); break;
+    case 3: Tile<3, NV>(x, ldx, w, ldw, k, o, ldo, pf, pack); break;
+    case 2: Tile<2, NV>(x, ldx, w, ldw, k, o, ldo, pf, pack); break;
+    case 1: Tile<1, NV>(x, ldx, w, ldw, k, o, ldo, pf, pack); break;
+  }
+}
+
 // out[:, 0:16*NV) = x[rows, k] @ w[k, 0:16*NV) (w's and out's rows `n` apart), 4-row tiles, each summing over all
 // of k in registers. The first tile reads the panel from memory, prefetching ahead, and packs it contiguously into
 // `pack` unless it is null; the other tiles read that copy, or the panel in place.
@@ -128,20 +140,11 @@ void PanelTiles(int64_t rows, const float* x, const float* w, int64_t k, int64_t
   Prefetch pf{reinterpret_cast<const char*>(w + ahead * n), 4 * n, NV, k - ahead};
   Prefetch none{nullptr, 0, 0, 0};
   const int64_t first = std::min<int64_t>(rows, 4);
-  switch (first) {
-    case 4: Tile<4, NV>(x, k, w, n, k, out, n, pf, pack); break;
-    case 3: Tile<3, NV>(x, k, w, n, k, out, n, pf, pack); break;
-    case 2: Tile<2, NV>(x, k, w, n, k, out, n, pf, pack); break;
-    case 1: Tile<1, NV>(x, k, w, n, k, out, n, pf, pack); break;
-  }
+  TileOfRows<NV>(first, x, k, w, n, k, out, n, pf, pack);
   const float* wt = pack != nullptr ? pack : w;
   const int64_t ldw = pack != nullptr ? 16 * NV : n;
-  int64_t r = first;
-  for (; r + 4 <= rows; r += 4) Tile<4, NV>(x + r * k, k, wt, ldw, k, out + r * n, n, none);
-  switch (rows - r) {
-    case 3: Tile<3, NV>(x + r * k, k, wt, ldw, k, out + r * n, n, none); break;
-    case 2: Tile<2, NV>(x + r * k, k, wt, ldw, k, out + r * n, n, none); break;
-    case 1: Tile<1, NV>(x + r * k, k, wt, ldw, k, out + r * n, n, none); break;
+  for (int64_t r = first; r < rows; r += 4) {
+    TileOfRows<NV>(std::min<int64_t>(rows - r, 4), x + r * k, k, wt, ldw, k, out + r * n, n, none, nullptr);
   }
 }
 

@@ -89,6 +89,12 @@ def supports(hidden: int, width: int, dtype) -> bool:
   return jnp.dtype(dtype) == jnp.float32 and hidden % 16 == 0 and width % 16 == 0
 
 
+def _call(target: str, out_shape: tuple[int, ...], *operands: jax.Array) -> jax.Array:
+  if not available():
+    raise RuntimeError("the CPU kernels could not be built (see the warning above)")
+  return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(out_shape, jnp.float32), vmap_method="sequential")(*operands)
+
+
 def experts(rows_MxH: jax.Array, group_sizes_E: jax.Array, gate_ExHxF: jax.Array, up_ExHxF: jax.Array,
             down_ExFxH: jax.Array) -> jax.Array:
   """`[M, H]` SwiGLU outputs of the rows sorted by expert (`group_sizes_E[e]` rows each); zeros past their sum."""
@@ -96,12 +102,8 @@ def experts(rows_MxH: jax.Array, group_sizes_E: jax.Array, gate_ExHxF: jax.Array
   if not supports(hidden, width, jnp.float32):  # other dtypes are cast
     raise ValueError(f"the CPU expert kernel needs hidden and expert widths that are multiples of 16, "
                      f"got {hidden}, {width}")
-  if not available():
-    raise RuntimeError("the CPU kernels could not be built (see the warning above)")
-  call = jax.ffi.ffi_call("dmax_cpu_experts", jax.ShapeDtypeStruct(rows_MxH.shape, jnp.float32),
-                          vmap_method="sequential")
-  return call(rows_MxH.astype(jnp.float32), group_sizes_E.astype(jnp.int32), gate_ExHxF.astype(jnp.float32),
-              up_ExHxF.astype(jnp.float32), down_ExFxH.astype(jnp.float32))
+  return _call("dmax_cpu_experts", rows_MxH.shape, rows_MxH.astype(jnp.float32), group_sizes_E.astype(jnp.int32),
+               gate_ExHxF.astype(jnp.float32), up_ExHxF.astype(jnp.float32), down_ExFxH.astype(jnp.float32))
 
 
 def matmul(x_MxK: jax.Array, w_KxN: jax.Array) -> jax.Array:
@@ -109,8 +111,5 @@ def matmul(x_MxK: jax.Array, w_KxN: jax.Array) -> jax.Array:
   if w_KxN.shape[1] % 16 != 0 or x_MxK.shape[1] != w_KxN.shape[0]:
     raise ValueError(f"the CPU matmul kernel needs x [M, K] and w [K, N] with N a multiple of 16, got "
                      f"{x_MxK.shape} and {w_KxN.shape}")
-  if not available():
-    raise RuntimeError("the CPU kernels could not be built (see the warning above)")
-  call = jax.ffi.ffi_call("dmax_cpu_matmul", jax.ShapeDtypeStruct((x_MxK.shape[0], w_KxN.shape[1]), jnp.float32),
-                          vmap_method="sequential")
-  return call(x_MxK.astype(jnp.float32), w_KxN.astype(jnp.float32))
+  return _call("dmax_cpu_matmul", (x_MxK.shape[0], w_KxN.shape[1]), x_MxK.astype(jnp.float32),
+               w_KxN.astype(jnp.float32))
