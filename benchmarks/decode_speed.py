@@ -5,13 +5,16 @@ One SPD block step (`dmax_jax.decoding.generate.block_step`: a block of 32 token
 KV cache, then the SPD rule) of random LLaDA2-MoE models, timed compiled (best of --repeats), at batch 1
 and 8 and at the cache lengths of gen 256 and gen 1024 (prompt 64): the decode's last block (the cache filled)
 and the mean over --positions blocks spread over the decode (attention reads the cache only as far as it is
-filled, to the next of `dmax_jax.layers.attention.prefix_sizes`). Layouts, any of them in one run:
+filled: XLA's attention to the next of `dmax_jax.layers.attention.prefix_sizes`, the kernel to the key). Layouts, any of them in one run:
   before: layers scanned over stacked weights, `tiled` MoE kernel (the earlier default);
   looped: layers unrolled over per-layer weights and cache (`scan_layers=False`, what decode.py loads),
           XLA's own decode MoE kernel (`looped`), XLA's dots;
-  native_experts: the same with the CPU expert kernel (`native`, `dmax_jax/layers/cpu_kernels.cc`), XLA's dots;
-  after:  the same with `auto` kernels (on CPU at these shapes: the expert kernel and the matmul kernel for the
-          other weight matmuls, `dmax_jax/layers/linear.py`).
+  native_experts: the same with the CPU expert kernel (`native`, `dmax_jax/layers/cpu_kernels.cc`), XLA's dots
+          and attention;
+  native_matmuls: the same with the CPU matmul kernel for the other weight matmuls (`dmax_jax/layers/linear.py`),
+          XLA's attention;
+  after:  the same with `auto` kernels (on CPU at these shapes: the expert and matmul kernels, and the attention
+          kernel for the cache, `dmax_jax/layers/attention.py`).
 With --whole-decode, also whole SPD decodes of random prompts (`decode_padded`), per batch forward: the block
 step's random inputs route evenly over the experts, a real decode routes a block's tokens to a few of them; the
 experts it touches are counted (a separate run with a host callback in each MoE layer) and its roofline for
@@ -65,8 +68,9 @@ MODELS = {
 }
 LAYOUTS = {"before": dict(scan_layers=True, moe_impl="tiled", matmul_impl="xla"),
            "looped": dict(scan_layers=False, moe_impl="looped", matmul_impl="xla"),
-           "native_experts": dict(scan_layers=False, moe_impl="native", matmul_impl="xla"),
-           "after": dict(scan_layers=False, moe_impl="auto", matmul_impl="auto")}
+           "native_experts": dict(scan_layers=False, moe_impl="native", matmul_impl="xla", attention_impl="xla"),
+           "native_matmuls": dict(scan_layers=False, moe_impl="native", matmul_impl="auto", attention_impl="xla"),
+           "after": dict(scan_layers=False, moe_impl="auto", matmul_impl="auto", attention_impl="auto")}
 BLOCK, PROMPT = 32, 64
 
 

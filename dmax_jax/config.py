@@ -19,6 +19,7 @@ DEFAULT_MASK_TOKEN_ID = 156895
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 MOE_IMPLS = ("auto", "ragged", "tiled", "bucketed", "looped", "native")
 MATMUL_IMPLS = ("auto", "xla", "native")
+ATTENTION_IMPLS = ("auto", "xla", "native")
 # expert_parallel: MoE dispatch and LM-head loss in shard_map (tokens to their experts, vocab-parallel
 # cross-entropy); gspmd: the earlier layout left to the partitioner, kept as a measured baseline.
 PARALLELISMS = ("expert_parallel", "gspmd")
@@ -65,6 +66,7 @@ class ModelConfig:
   moe_impl: str = "auto"
   moe_max_tile_rows: int = 64  # "tiled" MoE kernel: rows per tile at most (smaller when experts get fewer)
   matmul_impl: str = "auto"  # the other weight matmuls: `dmax_jax/layers/linear.py`
+  attention_impl: str = "auto"  # attention to a KV cache: `attend` in `dmax_jax/layers/attention.py`
   parallelism: str = "expert_parallel"
   # True: each layer stack is one scan over stacked weights (compile time independent of depth; training).
   # False: layers unrolled over per-layer weights and KV cache, nothing sliced per forward (decoding: on
@@ -118,7 +120,8 @@ class ModelConfig:
       raise ConfigError(f"mask_token_id {self.mask_token_id} is outside the vocabulary "
                         f"(vocab_size={self.vocab_size})")
     for name, allowed in (("param_dtype", DTYPES), ("dtype", DTYPES), ("remat_policy", REMAT_POLICIES),
-                          ("moe_impl", MOE_IMPLS), ("matmul_impl", MATMUL_IMPLS), ("parallelism", PARALLELISMS)):
+                          ("moe_impl", MOE_IMPLS), ("matmul_impl", MATMUL_IMPLS), ("attention_impl", ATTENTION_IMPLS),
+                          ("parallelism", PARALLELISMS)):
       if getattr(self, name) not in allowed:
         raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
@@ -190,8 +193,8 @@ class ModelConfig:
 
   def architecture_dict(self) -> dict[str, Any]:
     """The architecture fields under their Hugging Face names (what `from_hf_dict` reads)."""
-    runtime = {"param_dtype", "dtype", "remat_policy", "moe_impl", "moe_max_tile_rows", "matmul_impl", "parallelism",
-               "scan_layers"}
+    runtime = {"param_dtype", "dtype", "remat_policy", "moe_impl", "moe_max_tile_rows", "matmul_impl",
+               "attention_impl", "parallelism", "scan_layers"}
     return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in runtime}
 
 

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from dmax_jax.config import ModelConfig
-from dmax_jax.layers import linear
+from dmax_jax.layers import cpu_kernels, linear
 from dmax_jax.layers.common import logical_param
 from dmax_jax.layers.norms import rms_norm
 from dmax_jax.layers.rope import apply_partial_rope
@@ -51,8 +51,21 @@ def prefix_sizes(prefix_len: int) -> tuple[int, ...]:
   return tuple(sizes) + (prefix_len,)
 
 
+def resolve_impl(impl: str, q_BxTxNxD, k_BxKxSxD, v_BxKxSxD, kv_prefix) -> str:
+  """`native` (the CPU kernel, `cpu_kernels.attention`) only for a forward against a cache (a decode), with float32
+  operands and query counts and head dims multiples of 16; `auto` picks it there on CPU outside multi-device
+  meshes, `xla` everywhere else."""
+  if impl == "xla" or kv_prefix is None:
+    return "xla"
+  _, t, _, d = q_BxTxNxD.shape
+  operands = (q_BxTxNxD, k_BxKxSxD, v_BxKxSxD, *kv_prefix)
+  if t % 16 or d % 16 or any(a.dtype != jnp.float32 for a in operands):
+    return "xla"
+  return "native" if impl == "native" or cpu_kernels.usable_here() else "xla"
+
+
 @jax.named_scope("attend")
-def attend(q_BxTxNxD, k_BxKxSxD, v_BxKxSxD, bias_Bx1xTxS, kv_prefix=None) -> jax.Array:
+def attend(q_BxTxNxD, k_BxKxSxD, v_BxKxSxD, bias_Bx1xTxS, kv_prefix=None, impl: str = "xla") -> jax.Array:
   """Softmax attention with grouped KV heads; scores and softmax in float32. Keys and values are heads-major
   (`[batch, kv_heads, keys, head_dim]`, the cache's layout), so the batched matmuls over (batch, kv head)
   read them in place instead of transposing them every call.
@@ -64,29 +77,66 @@ def attend(q_BxTxNxD, k_BxKxSxD, v_BxKxSxD, bias_Bx1xTxS, kv_prefix=None) -> jax
   Prefix keys past the last one any query sees (bias above the float32 minimum, which `mask_to_bias` gives
   hidden keys) are skipped, to the next of `prefix_sizes(P)`: a decoder's cache costs what is filled,
   not its static length. (A query that sees no key at all averages the values it is given, so there the
-  result depends on the cut.)
+  result depends on the cut.) `impl` (`resolve_impl`): `native` attends the cache with the CPU kernel, which
+  reads each row's keys up to the last one its queries see, in place.
 
   Returns `[batch, q_len, heads, head_dim]` in the dtype of `q`.
   """
   own = (k_BxKxSxD, v_BxKxSxD)
   if kv_prefix is None:
     return _softmax_attend(q_BxTxNxD, [own], [bias_Bx1xTxS])
+  if resolve_impl(impl, q_BxTxNxD, k_BxKxSxD, v_BxKxSxD, kv_prefix) == "native":
+    return _native_cache_attend(q_BxTxNxD, k_BxKxSxD, v_BxKxSxD, bias_Bx1xTxS, *kv_prefix)
   prefix_k, prefix_v = kv_prefix
   p = prefix_k.shape[2]
-  every_key_seen = bias_Bx1xTxS.shape[-1] == 1
-  prefix_bias, own_bias = ((bias_Bx1xTxS, bias_Bx1xTxS) if every_key_seen
-                           else (bias_Bx1xTxS[..., :p], bias_Bx1xTxS[..., p:]))
   sizes = prefix_sizes(p)
-  if every_key_seen or len(sizes) == 1:
-    return _softmax_attend(q_BxTxNxD, [(prefix_k, prefix_v), own], [prefix_bias, own_bias])
-  # the same in every layer of a forward (one bias): XLA computes it once
-  seen_P = (prefix_bias > jnp.finfo(prefix_bias.dtype).min).any(axis=(0, 1, 2))
-  needed = jnp.max(jnp.where(seen_P, jnp.arange(1, p + 1), 0))
+  if bias_Bx1xTxS.shape[-1] == 1 or len(sizes) == 1:
+    return _whole_cache_attend(q_BxTxNxD, k_BxKxSxD, v_BxKxSxD, bias_Bx1xTxS, prefix_k, prefix_v)
+  prefix_bias, own_bias = bias_Bx1xTxS[..., :p], bias_Bx1xTxS[..., p:]
+  needed = jnp.max(_seen_prefix_lengths(prefix_bias))
 
   def cut(n):
     return lambda: _softmax_attend(q_BxTxNxD, [(prefix_k[:, :, :n], prefix_v[:, :, :n]), own],
                                    [prefix_bias[..., :n], own_bias])
   return jax.lax.switch(jnp.searchsorted(jnp.asarray(sizes), needed), [cut(n) for n in sizes])
+
+
+def _seen_prefix_lengths(prefix_bias_Bx1xTxP) -> jax.Array:
+  """`[batch]` index past the last prefix key any of the row's queries sees (the same in every layer of a
+  forward, one bias: XLA computes it once)."""
+  p = prefix_bias_Bx1xTxP.shape[-1]
+  seen_BxP = (prefix_bias_Bx1xTxP > jnp.finfo(prefix_bias_Bx1xTxP.dtype).min).any(axis=(1, 2))
+  return jnp.max(jnp.where(seen_BxP, jnp.arange(1, p + 1), 0), axis=-1)
+
+
+def _whole_cache_attend(q_BxTxNxD, k_BxKxTxD, v_BxKxTxD, bias_Bx1xTxS, prefix_k, prefix_v) -> jax.Array:
+  """XLA's softmax over the whole cache and the own keys."""
+  p = prefix_k.shape[2]
+  every_key_seen = bias_Bx1xTxS.shape[-1] == 1
+  biases = [bias_Bx1xTxS] * 2 if every_key_seen else [bias_Bx1xTxS[..., :p], bias_Bx1xTxS[..., p:]]
+  return _softmax_attend(q_BxTxNxD, [(prefix_k, prefix_v), (k_BxKxTxD, v_BxKxTxD)], biases)
+
+
+@jax.custom_vjp
+def _native_cache_attend(q_BxTxNxD, k_BxKxTxD, v_BxKxTxD, bias_Bx1xTxS, prefix_k, prefix_v) -> jax.Array:
+  b, t = q_BxTxNxD.shape[:2]
+  p = prefix_k.shape[2]
+  bias_BxTxS = jnp.broadcast_to(bias_Bx1xTxS, (b, 1, t, p + t))[:, 0].astype(jnp.float32)
+  prefix_lens_B = _seen_prefix_lengths(bias_BxTxS[:, None, :, :p])
+  out = cpu_kernels.attention(q_BxTxNxD, prefix_k, prefix_v, k_BxKxTxD, v_BxKxTxD, bias_BxTxS.transpose(0, 2, 1),
+                              prefix_lens_B)
+  return out.astype(q_BxTxNxD.dtype)
+
+
+def _native_cache_attend_fwd(*operands):
+  return _native_cache_attend(*operands), operands
+
+
+def _native_cache_attend_bwd(operands, out_cotangent):
+  return jax.vjp(_whole_cache_attend, *operands)[1](out_cotangent)
+
+
+_native_cache_attend.defvjp(_native_cache_attend_fwd, _native_cache_attend_bwd)
 
 
 def _softmax_attend(q_BxTxNxD, parts, biases) -> jax.Array:
@@ -145,6 +195,6 @@ class Attention(nn.Module):
     k = nn.with_logical_constraint(k.transpose(0, 2, 1, 3), ("batch", "act_kv_heads", "kv_length", "head_dim"))
     v = nn.with_logical_constraint(v.transpose(0, 2, 1, 3), ("batch", "act_kv_heads", "kv_length", "head_dim"))
     prefix = None if kv_prefix is None else tuple(a.astype(dtype) for a in kv_prefix)
-    out = attend(q, k, v, bias_Bx1xTxS, prefix)
+    out = attend(q, k, v, bias_Bx1xTxS, prefix, impl=cfg.attention_impl)
     out = linear.project(out, wo.astype(dtype), 2, impl=cfg.matmul_impl)
     return out, (k, v)

@@ -15,6 +15,7 @@
 // Shapes: matmul x [M, K], w [K, N] -> [M, N], N a multiple of 16. Experts x [M, H], sizes [E] int32,
 // gate/up [E, H, F], down [E, F, H] -> out [M, H]; H and F multiples of 16.
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <cstdint>
 #include <initializer_list>
@@ -77,8 +78,9 @@ struct Prefetch {
 
 // o[r, 0:16*NV) = x[r, 0:k) @ w[0:k, 0:16*NV) for R rows (x's and o's rows `ldx` / `ldo` apart, w's `ldw`):
 // each weight vector loaded is used by all R rows, each broadcast x value by all NV vectors. With `pack`, the
-// weight vectors are also stored there, `16 * NV` floats per row (a contiguous copy of the panel).
-template <int R, int NV>
+// weight vectors are also stored there, `16 * NV` floats per row (a contiguous copy of the panel). `XT`: x is
+// stored transposed, x[r, d] at x[d * ldx + r].
+template <int R, int NV, bool XT>
 inline void Tile(const float* x, int64_t ldx, const float* w, int64_t ldw, int64_t k, float* o, int64_t ldo,
                  Prefetch& pf, float* pack = nullptr) {
   v16 acc[R][NV] = {};
@@ -96,7 +98,7 @@ inline void Tile(const float* x, int64_t ldx, const float* w, int64_t ldw, int64
     }
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const float xs = x[r * ldx + d];
+      const float xs = XT ? x[d * ldx + r] : x[r * ldx + d];
 #pragma GCC unroll 8
       for (int j = 0; j < NV; ++j) acc[r][j] += wv[j] * xs;
     }
@@ -118,21 +120,22 @@ constexpr int64_t kPanelPrefetchRows = 16;
 constexpr int64_t kPackMinColumns = 1024;
 
 // One tile of `rows` (1-4) rows: Tile with R chosen at run time.
-template <int NV>
+template <int NV, bool XT>
 inline void TileOfRows(int64_t rows, const float* x, int64_t ldx, const float* w, int64_t ldw, int64_t k, float* o,
                        int64_t ldo, Prefetch& pf, float* pack) {
   switch (rows) {
-    case 4: Tile<4, NV>(x, ldx, w, ldw, k, o, ldo, pf, pack); break;
-    case 3: Tile<3, NV>(x, ldx, w, ldw, k, o, ldo, pf, pack); break;
-    case 2: Tile<2, NV>(x, ldx, w, ldw, k, o, ldo, pf, pack); break;
-    case 1: Tile<1, NV>(x, ldx, w, ldw, k, o, ldo, pf, pack); break;
+    case 4: Tile<4, NV, XT>(x, ldx, w, ldw, k, o, ldo, pf, pack); break;
+    case 3: Tile<3, NV, XT>(x, ldx, w, ldw, k, o, ldo, pf, pack); break;
+    case 2: Tile<2, NV, XT>(x, ldx, w, ldw, k, o, ldo, pf, pack); break;
+    case 1: Tile<1, NV, XT>(x, ldx, w, ldw, k, o, ldo, pf, pack); break;
   }
 }
 
-// out[:, 0:16*NV) = x[rows, k] @ w[k, 0:16*NV) (w's and out's rows `n` apart), 4-row tiles, each summing over all
-// of k in registers. The first tile reads the panel from memory, prefetching ahead, and packs it contiguously into
-// `pack` unless it is null; the other tiles read that copy, or the panel in place.
-template <int NV>
+// out[:, 0:16*NV) = x[rows, k] @ w[k, 0:16*NV) (w's and out's rows `n` apart; x row-major, or with `XT` stored
+// transposed, [k, rows]), 4-row tiles, each summing over all of k in registers. The first tile reads the panel
+// from memory, prefetching ahead, and packs it contiguously into `pack` unless it is null; the other tiles read
+// that copy, or the panel in place.
+template <int NV, bool XT>
 void PanelTiles(int64_t rows, const float* x, const float* w, int64_t k, int64_t n, float* out, float* pack) {
   const int64_t ahead = std::min(k, kPanelPrefetchRows);
   for (int64_t d = 0; d < ahead; ++d)
@@ -140,16 +143,19 @@ void PanelTiles(int64_t rows, const float* x, const float* w, int64_t k, int64_t
   Prefetch pf{reinterpret_cast<const char*>(w + ahead * n), 4 * n, NV, k - ahead};
   Prefetch none{nullptr, 0, 0, 0};
   const int64_t first = std::min<int64_t>(rows, 4);
-  TileOfRows<NV>(first, x, k, w, n, k, out, n, pf, pack);
+  const int64_t ldx = XT ? rows : k;
+  TileOfRows<NV, XT>(first, x, ldx, w, n, k, out, n, pf, pack);
   const float* wt = pack != nullptr ? pack : w;
   const int64_t ldw = pack != nullptr ? 16 * NV : n;
   for (int64_t r = first; r < rows; r += 4) {
-    TileOfRows<NV>(std::min<int64_t>(rows - r, 4), x + r * k, k, wt, ldw, k, out + r * n, n, none, nullptr);
+    TileOfRows<NV, XT>(std::min<int64_t>(rows - r, 4), x + (XT ? r : r * k), ldx, wt, ldw, k, out + r * n, n, none,
+                       nullptr);
   }
 }
 
-// out[:, c0:c1) = x[rows, k] @ w[k, c0:c1) (x's rows `k` apart, w's and out's `n`; c0, c1 multiples of 16),
-// panel by panel of 64 (at the end 16) columns.
+// out[:, c0:c1) = x[rows, k] @ w[k, c0:c1) (x's rows `k` apart, or with `XT` x stored transposed; w's and out's
+// rows `n` apart; c0, c1 multiples of 16), panel by panel of 64 (at the end 16) columns.
+template <bool XT = false>
 void MatmulColumns(int64_t rows, const float* x, const float* w, int64_t k, int64_t n, int64_t c0, int64_t c1,
                    float* out) {
   thread_local std::vector<float> buffer;
@@ -159,8 +165,8 @@ void MatmulColumns(int64_t rows, const float* x, const float* w, int64_t k, int6
     pack = buffer.data();
   }
   int64_t j = c0;
-  for (; j + 64 <= c1; j += 64) PanelTiles<4>(rows, x, w + j, k, n, out + j, pack);
-  for (; j < c1; j += 16) PanelTiles<1>(rows, x, w + j, k, n, out + j, pack);
+  for (; j + 64 <= c1; j += 64) PanelTiles<4, XT>(rows, x, w + j, k, n, out + j, pack);
+  for (; j < c1; j += 16) PanelTiles<1, XT>(rows, x, w + j, k, n, out + j, pack);
 }
 
 // Work handed out one piece at a time to whichever of XLA's intra-op threads asks next; the state outlives the
@@ -273,6 +279,91 @@ ffi::Error Matmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi
   return ffi::Error::Success();
 }
 
+
+struct AttentionProblem {
+  const float *q, *prefix_k, *prefix_v, *k, *v, *bias_t;
+  float* out;
+  const int32_t* prefix_lens;
+  int64_t queries, heads, kv_heads, head_dim, cache_len;
+};
+
+// One row's queries of the heads sharing kv head g (query i = j * T + t: head g * G + j, position t), against the
+// row's first `prefix_lens[row]` keys of the cache, then the T own keys, one softmax over both:
+//   scores[s, i] = k[s] . q[i] / sqrt(D) + bias[s, t]
+//   out[i] = sum_s e^(scores[s, i] - max_s scores[., i]) v[s] / sum_s e^(...)
+// Scores are kept [keys, queries], so that the softmax runs along vectors of queries and both products are
+// tiled matmuls: scores = keys @ q^T, out = scores^T @ values.
+void AttendGroup(const AttentionProblem& a, int64_t row, int64_t g) {
+  const int64_t t_len = a.queries, d = a.head_dim, group = a.heads / a.kv_heads, q_len = group * t_len;
+  const int64_t p = a.cache_len, l = std::clamp<int64_t>(a.prefix_lens[row], 0, p), s_len = l + t_len;
+  thread_local std::vector<float> q_t, scores, prefix_out, own_out;
+  q_t.resize(d * q_len);
+  scores.resize(s_len * q_len);
+  prefix_out.resize(q_len * d);
+  own_out.resize(q_len * d);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  for (int64_t t = 0; t < t_len; ++t)
+    for (int64_t j = 0; j < group; ++j) {
+      const float* qv = a.q + ((row * t_len + t) * a.heads + g * group + j) * d;
+      for (int64_t c = 0; c < d; ++c) q_t[c * q_len + j * t_len + t] = qv[c] * scale;
+    }
+  const int64_t kv_row = row * a.kv_heads + g;
+  const float *prefix_k = a.prefix_k + kv_row * p * d, *prefix_v = a.prefix_v + kv_row * p * d;
+  const float *own_k = a.k + kv_row * t_len * d, *own_v = a.v + kv_row * t_len * d;
+  MatmulColumns(l, prefix_k, q_t.data(), d, q_len, 0, q_len, scores.data());
+  MatmulColumns(t_len, own_k, q_t.data(), d, q_len, 0, q_len, scores.data() + l * q_len);
+  std::vector<v16> top(q_len / 16, v16{} - __builtin_inff()), total(q_len / 16, v16{});
+  for (int64_t s = 0; s < s_len; ++s) {
+    const float* bias = a.bias_t + (row * (p + t_len) + (s < l ? s : p + s - l)) * t_len;
+    float* sc = scores.data() + s * q_len;
+    for (int64_t i = 0; i < q_len; i += 16) {
+      const v16 x = Load(sc + i) + Load(bias + i % t_len);
+      Store(sc + i, x);
+      top[i / 16] = top[i / 16] > x ? top[i / 16] : x;
+    }
+  }
+  for (int64_t s = 0; s < s_len; ++s) {
+    float* sc = scores.data() + s * q_len;
+    for (int64_t i = 0; i < q_len; i += 16) {
+      const v16 e = Exp(Load(sc + i) - top[i / 16]);
+      Store(sc + i, e);
+      total[i / 16] += e;
+    }
+  }
+  MatmulColumns<true>(q_len, scores.data(), prefix_v, l, d, 0, d, prefix_out.data());
+  MatmulColumns<true>(q_len, scores.data() + l * q_len, own_v, t_len, d, 0, d, own_out.data());
+  for (int64_t i = 0; i < q_len; ++i) {
+    const int64_t t = i % t_len, j = i / t_len;
+    float* o = a.out + ((row * t_len + t) * a.heads + g * group + j) * d;
+    const float sum = total[i / 16][i % 16];
+    for (int64_t c = 0; c < d; ++c) o[c] = (prefix_out[i * d + c] + own_out[i * d + c]) / sum;
+  }
+}
+
+ffi::Error Attention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> prefix_k,
+                     ffi::Buffer<ffi::F32> prefix_v, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
+                     ffi::Buffer<ffi::F32> bias_t, ffi::Buffer<ffi::S32> prefix_lens, ffi::ResultBuffer<ffi::F32> out) {
+  const auto qd = q.dimensions(), pd = prefix_k.dimensions(), kd = k.dimensions(), bd = bias_t.dimensions();
+  if (qd.size() != 4 || pd.size() != 4 || kd.size() != 4 || bd.size() != 3 || prefix_lens.dimensions().size() != 1 ||
+      prefix_lens.element_count() != qd[0]) {
+    return ffi::Error::InvalidArgument("cpu_attention: expected q [B, T, N, D], caches and keys [B, K, ., D], "
+                                       "bias [B, P + T, T] and prefix lengths [B]");
+  }
+  const int64_t b = qd[0], t = qd[1], n = qd[2], d = qd[3], kv = pd[1], p = pd[2];
+  const auto vd = prefix_v.dimensions(), own_vd = v.dimensions();
+  const bool same = pd[0] == b && pd[3] == d && kd[0] == b && kd[1] == kv && kd[2] == t && kd[3] == d &&
+                    bd[0] == b && bd[1] == p + t && bd[2] == t && std::equal(vd.begin(), vd.end(), pd.begin(), pd.end()) &&
+                    std::equal(own_vd.begin(), own_vd.end(), kd.begin(), kd.end());
+  if (!same || kv == 0 || n % kv != 0 || t % 16 != 0 || d % 16 != 0) {
+    return ffi::Error::InvalidArgument("cpu_attention: shapes disagree, or T or D not a multiple of 16");
+  }
+  auto problem = std::make_shared<AttentionProblem>(AttentionProblem{
+      q.typed_data(), prefix_k.typed_data(), prefix_v.typed_data(), k.typed_data(), v.typed_data(),
+      bias_t.typed_data(), out->typed_data(), prefix_lens.typed_data(), t, n, kv, d, p});
+  RunOnPool(pool, b * kv, [problem](int64_t i) { AttendGroup(*problem, i / problem->kv_heads, i % problem->kv_heads); });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DmaxCpuMatmul, Matmul,
@@ -290,4 +381,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DmaxCpuExperts, Experts,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DmaxCpuAttention, Attention,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());

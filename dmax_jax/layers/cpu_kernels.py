@@ -5,7 +5,8 @@ every weight matrix it uses out of the stacked array before its dot and runs a l
 streams the weights at a fraction of the machine's bandwidth; the kernel reads each used expert's weights once,
 in place. `matmul`: `x @ w` for the few rows of a decode (projections, dense MLPs, LM head), where XLA:CPU's dot
 runs well under the machine's FLOP/s (the mid-size model's matmuls at 32 rows: 81-123 GFLOP/s, the kernel 137-148,
-a 2048^3 matmul 187; `benchmarks/matmul_kernel.py`). The library is compiled with the machine's C++ compiler on
+a 2048^3 matmul 187; `benchmarks/matmul_kernel.py`). `attention`: a decoding forward's attention to the cache
+and its own keys, where XLA runs a dozen small ops per layer. The library is compiled with the machine's C++ compiler on
 first use (`-O3 -march=native`, a few seconds) into a cache folder (`$DMAX_JAX_KERNEL_CACHE`, default
 `~/.cache/dmax_jax`), keyed by its source, the flags, jaxlib's version and the CPU's features.
 Where it cannot be built (no compiler), `available()` is false and callers keep to XLA's kernels.
@@ -32,7 +33,8 @@ import jax.numpy as jnp
 import jaxlib
 
 SOURCE = pathlib.Path(__file__).with_name("cpu_kernels.cc")
-TARGETS = {"dmax_cpu_experts": "DmaxCpuExperts", "dmax_cpu_matmul": "DmaxCpuMatmul"}
+TARGETS = {"dmax_cpu_experts": "DmaxCpuExperts", "dmax_cpu_matmul": "DmaxCpuMatmul",
+           "dmax_cpu_attention": "DmaxCpuAttention"}
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
 
 
@@ -84,6 +86,12 @@ def available() -> bool:
     return False
 
 
+def usable_here() -> bool:
+  """Whether `auto` may pick the kernels: on CPU, outside multi-device meshes (a custom call is not partitioned),
+  once built."""
+  return jax.default_backend() == "cpu" and jax.sharding.get_abstract_mesh().size <= 1 and available()
+
+
 def supports(hidden: int, width: int, dtype) -> bool:
   """Shapes and dtypes the kernel takes (float32, widths multiples of 16)."""
   return jnp.dtype(dtype) == jnp.float32 and hidden % 16 == 0 and width % 16 == 0
@@ -113,3 +121,17 @@ def matmul(x_MxK: jax.Array, w_KxN: jax.Array) -> jax.Array:
                      f"{x_MxK.shape} and {w_KxN.shape}")
   return _call("dmax_cpu_matmul", (x_MxK.shape[0], w_KxN.shape[1]), x_MxK.astype(jnp.float32),
                w_KxN.astype(jnp.float32))
+
+
+def attention(q_BxTxNxD: jax.Array, prefix_k_BxKxPxD: jax.Array, prefix_v_BxKxPxD: jax.Array, k_BxKxTxD: jax.Array,
+              v_BxKxTxD: jax.Array, bias_BxSxT: jax.Array, prefix_lens_B: jax.Array) -> jax.Array:
+  """`[B, T, N, D]` softmax attention of `q` to each row's first `prefix_lens_B[b]` cached keys and the T own keys
+  (one softmax over both), `bias_BxSxT` the additive mask over the `S = P + T` keys, transposed (keys first).
+  T and D multiples of 16."""
+  b, t, _, d = q_BxTxNxD.shape
+  if t % 16 or d % 16:
+    raise ValueError(f"the CPU attention kernel needs query counts and head dims that are multiples of 16, "
+                     f"got {t} and {d}")
+  operands = (q_BxTxNxD, prefix_k_BxKxPxD, prefix_v_BxKxPxD, k_BxKxTxD, v_BxKxTxD, bias_BxSxT)
+  return _call("dmax_cpu_attention", q_BxTxNxD.shape, *(a.astype(jnp.float32) for a in operands),
+               prefix_lens_B.astype(jnp.int32).reshape(b))

@@ -28,11 +28,9 @@ def resolve_impl(impl: str, rows: int, n: int, dtype) -> str:
     return "xla"
   if impl == "native":
     return "native"
-  if jax.default_backend() != "cpu" or jax.sharding.get_abstract_mesh().size > 1:
-    return "xla"
   if rows > FEW_ROWS and not (n >= WIDE_COLUMNS and rows <= WIDE_MAX_ROWS):
     return "xla"
-  return "native" if cpu_kernels.available() else "xla"
+  return "native" if cpu_kernels.usable_here() else "xla"
 
 
 @jax.custom_vjp
