@@ -145,19 +145,19 @@ def touched_experts_per_layer(cfg: ModelConfig, variables, batch: int, gen: int)
   by a host callback in every MoE layer (a separate, untimed run): what a real decode must read, where the
   roofline assumes uniform routing."""
   from dmax_jax.layers import moe_ops
-  counts, grouped = [], moe_ops._grouped_experts
+  counts, dispatch = [], moe_ops.dispatch_experts
 
-  def counting(rows_MxH, group_sizes_E, *args):
-    jax.debug.callback(lambda sizes: counts.append(np.count_nonzero(sizes)), group_sizes_E)
-    return grouped(rows_MxH, group_sizes_E, *args)
+  def counting(x_TxH, expert_ids_TxA, *args, **kwargs):
+    jax.debug.callback(lambda ids: counts.append(len(np.unique(ids))), expert_ids_TxA)
+    return dispatch(x_TxH, expert_ids_TxA, *args, **kwargs)
 
-  moe_ops._grouped_experts = counting
+  moe_ops.dispatch_experts = counting
   jax.clear_caches()  # trace the decoder again, with the callback
   try:
     whole_decode(cfg, variables, batch, gen)()
     jax.effects_barrier()
   finally:
-    moe_ops._grouped_experts = grouped
+    moe_ops.dispatch_experts = dispatch
     jax.clear_caches()
   return float(np.mean(counts))
 

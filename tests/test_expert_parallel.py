@@ -132,14 +132,14 @@ def test_embedding_lookup_matches_take(batch, seq_len):
     np.testing.assert_allclose(grad, jax.grad(lambda t: jnp.sum(t[ids] ** 2))(table), rtol=1e-6)
 
 
-@pytest.mark.parametrize("impl", ["ragged", "tiled"])
+@pytest.mark.parametrize("impl", ["ragged", "tiled", "native"])
 def test_expert_parallel_moe_matches_dispatch(impl):
   rng = np.random.default_rng(3)
   x = jnp.asarray(rng.normal(size=(4, 8, 16)), jnp.float32)
   logits = jnp.asarray(rng.normal(size=(4, 8, 8)), jnp.float32)
   bias = jnp.asarray(rng.normal(size=(8,)) * 0.1, jnp.float32)
   experts = moe_ops.ExpertWeights(*(jnp.asarray(rng.normal(size=s), jnp.float32) * 0.3
-                                for s in ((8, 16, 12), (8, 16, 12), (8, 12, 16))))
+                                for s in ((8, 16, 32), (8, 16, 32), (8, 32, 16))))
   route = lambda lg, b: moe_ops.route(lg, b, top_k=3, n_group=4, topk_group=2, routed_scaling_factor=2.0,
                                   norm_topk_prob=True)
   ids, weights = route(logits.reshape(32, 8), bias)

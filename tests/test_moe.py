@@ -136,11 +136,23 @@ def test_native_kernel_unbuildable_falls_back_with_a_warning(tmp_path, monkeypat
 
 def test_native_kernel_rejects_mismatched_weights():
   from dmax_jax.layers import cpu_kernels
-  rows, sizes = jnp.zeros((4, 16)), jnp.array([3, 1], jnp.int32)
+  x, ids, weights = jnp.zeros((4, 16)), jnp.zeros((4, 2), jnp.int32), jnp.ones((4, 2))
   gate = up = jnp.zeros((2, 16, 32))
-  with pytest.raises(Exception, match="shapes disagree"):
+  with pytest.raises(Exception, match="down"):
     down = jnp.zeros((2, 16, 32))  # must be [2, 32, 16]
-    jax.block_until_ready(cpu_kernels.experts(rows, sizes, gate, up, down))
+    jax.block_until_ready(cpu_kernels.routed_experts(x, ids, weights, gate, up, down))
   with pytest.raises(ValueError, match="multiples of 16"):
     odd = jnp.zeros((2, 12, 32))
-    cpu_kernels.experts(jnp.zeros((4, 12)), sizes, odd, odd, jnp.zeros((2, 32, 12)))
+    cpu_kernels.routed_experts(jnp.zeros((4, 12)), ids, weights, odd, odd, jnp.zeros((2, 32, 12)))
+
+
+def test_native_kernel_skips_ids_outside_its_experts():
+  """Expert parallelism hands each device's kernel the other devices' assignments as id E_l (and nothing reads
+  ids below 0): they add nothing."""
+  from dmax_jax.layers import cpu_kernels
+  x, ids, weights, w = _problem(21, 8, 3, 3.0, d=16, f=32)
+  outside = jnp.where(jnp.arange(21)[:, None] % 3 == jnp.arange(3)[None, :], 8, ids).at[0, 0].set(-1)
+  kept = (outside >= 0) & (outside < 8)
+  got = cpu_kernels.routed_experts(x, outside, weights, *w)
+  want = _reference(x, jnp.where(kept, outside, 0), jnp.where(kept, weights, 0.0), w)
+  np.testing.assert_allclose(np.asarray(got), want, atol=2e-5, rtol=1e-5)

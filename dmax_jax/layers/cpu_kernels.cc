@@ -1,22 +1,23 @@
-// Matmuls of a decoding forward on CPU, as XLA FFI custom calls (float32): `DmaxCpuMatmul` (x @ w for a few rows:
-// projections, dense MLPs, LM head) and `DmaxCpuExperts` (a layer's routed SwiGLU experts).
+// A decoding forward's matmuls and attention on CPU, as XLA FFI custom calls (float32): `DmaxCpuMatmul` (x @ w for
+// a few rows: projections, dense MLPs, LM head), `DmaxCpuRoutedExperts` (a layer's routed SwiGLU experts) and
+// `DmaxCpuAttention` (attention to the KV cache and the own keys).
 //
-// Both multiply panel by panel of 64 weight columns, each 4-row register tile summing over all of k in registers:
-// the panel's first tile reads it from memory, a fixed number of weight rows prefetched ahead, and in wide matrices
-// packs it contiguously; the other tiles read the panel from cache (the packed copy, or in place). At decode shapes the cost is reading the weights once at
-// the core's FMA rate; XLA:CPU's dot runs well under it for these shapes, and its loop over experts copies each
-// weight matrix out of the stacked array before its dot (`looped` in `dmax_jax/layers/moe_ops.py`).
+// The weight products multiply panel by panel of 64 weight columns, each 4-row register tile summing over all of
+// k in registers: the panel's first tile reads it from memory, a fixed number of weight rows prefetched ahead, and
+// in wide matrices packs it contiguously; the other tiles read the panel from cache (the packed copy, or in
+// place). At decode shapes the cost is reading the weights once at the core's FMA rate; XLA:CPU's dot runs well
+// under it for these shapes, and its loop over experts copies each weight matrix out of the stacked array before
+// its dot (`looped` in `dmax_jax/layers/moe_ops.py`).
 //
-// Experts: out[s, :] = (silu(x[s] @ gate[e]) * (x[s] @ up[e])) @ down[e] for every assignment row s of expert e,
-// the rows sorted by expert (`sizes[e]` rows each); experts without rows are not read; experts are shared among
-// XLA's intra-op threads, largest first; rows past sum(sizes) are set to zero. Matmul: column ranges are shared
-// among the threads.
+// Routed experts: out[t] = sum_a weights[t, a] * (silu(x[t] @ gate[e]) * (x[t] @ up[e])) @ down[e], e = ids[t, a];
+// experts without rows are not read. Matmul: column ranges are shared among the threads. Attention: (row, kv head)
+// pairs are.
 //
-// Shapes: matmul x [M, K], w [K, N] -> [M, N], N a multiple of 16. Experts x [M, H], sizes [E] int32,
-// gate/up [E, H, F], down [E, F, H] -> out [M, H]; H and F multiples of 16.
+// Shapes: matmul x [M, K], w [K, N] -> [M, N], N a multiple of 16. Routed experts x [T, H], ids and weights
+// [T, A], gate/up [E, H, F], down [E, F, H] -> out [T, H]; H and F multiples of 16. Attention: see `Attention`.
 #include <algorithm>
-#include <cmath>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
@@ -197,23 +198,25 @@ void RunOnPool(ffi::ThreadPool& pool, int64_t total, Work work) {
 }
 
 struct Problem {
-  const float* x;
+  const float* x;  // tokens
   const float* gate;
   const float* up;
   const float* down;
-  float* out;
+  float* out;  // rows sorted by expert
   int64_t hidden, width;
   std::vector<int64_t> first_row, num_rows, order;  // per expert; experts with rows, largest first
+  std::vector<int64_t> row_tokens;                  // sorted row -> its token
 };
 
 void RunExpert(const Problem& p, int64_t e) {
   const int64_t rows = p.num_rows[e], h = p.hidden, f = p.width;
-  thread_local std::vector<float> gate_out, up_out;
+  thread_local std::vector<float> x, gate_out, up_out;
+  x.resize(rows * h);
   gate_out.resize(rows * f);
   up_out.resize(rows * f);
-  const float* x = p.x + p.first_row[e] * h;
-  MatmulColumns(rows, x, p.gate + e * h * f, h, f, 0, f, gate_out.data());
-  MatmulColumns(rows, x, p.up + e * h * f, h, f, 0, f, up_out.data());
+  for (int64_t r = 0; r < rows; ++r) std::copy_n(p.x + p.row_tokens[p.first_row[e] + r] * h, h, x.data() + r * h);
+  MatmulColumns(rows, x.data(), p.gate + e * h * f, h, f, 0, f, gate_out.data());
+  MatmulColumns(rows, x.data(), p.up + e * h * f, h, f, 0, f, up_out.data());
   for (int64_t i = 0; i < rows * f; i += 16) {  // f is a multiple of 16
     const v16 g = Load(&gate_out[i]);
     Store(&gate_out[i], g / (1.0f + Exp(-g)) * Load(&up_out[i]));
@@ -221,38 +224,69 @@ void RunExpert(const Problem& p, int64_t e) {
   MatmulColumns(rows, gate_out.data(), p.down + e * f * h, f, h, 0, h, p.out + p.first_row[e] * h);
 }
 
-ffi::Error Experts(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> sizes,
-                   ffi::Buffer<ffi::F32> gate, ffi::Buffer<ffi::F32> up, ffi::Buffer<ffi::F32> down,
-                   ffi::ResultBuffer<ffi::F32> out) {
-  const auto x_dims = x.dimensions(), w_dims = gate.dimensions();
-  if (x_dims.size() != 2 || w_dims.size() != 3 || sizes.dimensions().size() != 1) {
-    return ffi::Error::InvalidArgument("cpu_experts: expected x [M, H], sizes [E], gate [E, H, F]");
+// Checks gate/up [E, H, F] and down [E, F, H] against each other and the rows' width `h`.
+ffi::Error CheckExpertWeights(const ffi::Buffer<ffi::F32>& gate, const ffi::Buffer<ffi::F32>& up,
+                              const ffi::Buffer<ffi::F32>& down, int64_t h) {
+  const auto g = gate.dimensions(), u = up.dimensions(), d = down.dimensions();
+  if (g.size() != 3 || !std::equal(g.begin(), g.end(), u.begin(), u.end()) || d.size() != 3 || d[0] != g[0] ||
+      d[1] != g[2] || d[2] != g[1] || g[1] != h || h % 16 != 0 || g[2] % 16 != 0) {
+    return ffi::Error::InvalidArgument("cpu_experts: expected gate/up [E, H, F], down [E, F, H] for rows of width "
+                                       "H, H and F multiples of 16");
   }
-  const int64_t m = x_dims[0], h = x_dims[1], e_count = w_dims[0], f = w_dims[2];
-  const auto up_dims = up.dimensions(), down_dims = down.dimensions();
-  const bool up_ok = up_dims.size() == 3 && up_dims[0] == e_count && up_dims[1] == h && up_dims[2] == f;
-  const bool down_ok = down_dims.size() == 3 && down_dims[0] == e_count && down_dims[1] == f && down_dims[2] == h;
-  if (w_dims[1] != h || sizes.dimensions()[0] != e_count || !up_ok || !down_ok || h % 16 != 0 || f % 16 != 0) {
-    return ffi::Error::InvalidArgument("cpu_experts: shapes disagree, or H or F not a multiple of 16");
+  return ffi::Error::Success();
+}
+
+// out[t] = sum_a weights[t, a] * expert_{ids[t, a]}(x[t]) for tokens x [T, H] and their routing ids/weights
+// [T, A]: the assignments are sorted by expert (stably), experts with rows shared among XLA's intra-op threads
+// largest first, each gathering its tokens' rows; assignments to ids outside [0, E) add nothing.
+ffi::Error RoutedExperts(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> ids,
+                         ffi::Buffer<ffi::F32> weights, ffi::Buffer<ffi::F32> gate, ffi::Buffer<ffi::F32> up,
+                         ffi::Buffer<ffi::F32> down, ffi::ResultBuffer<ffi::F32> out) {
+  const auto x_dims = x.dimensions(), id_dims = ids.dimensions(), w_dims = weights.dimensions();
+  if (x_dims.size() != 2 || id_dims.size() != 2 || id_dims[0] != x_dims[0] ||
+      !std::equal(id_dims.begin(), id_dims.end(), w_dims.begin(), w_dims.end())) {
+    return ffi::Error::InvalidArgument("cpu_routed_experts: expected x [T, H], ids and weights [T, A]");
   }
+  const int64_t tokens = x_dims[0], h = x_dims[1], top_k = id_dims[1], m = tokens * top_k;
+  if (auto error = CheckExpertWeights(gate, up, down, h); error.failure()) return error;
+  const int64_t e_count = gate.dimensions()[0];
+  const int32_t* id = ids.typed_data();
+  thread_local std::vector<float> sorted_out;  // reused: a fresh buffer this size costs page faults every call
+  sorted_out.resize(m * h);
   auto problem = std::make_shared<Problem>(Problem{x.typed_data(), gate.typed_data(), up.typed_data(),
-                                                   down.typed_data(), out->typed_data(), h, f,
-                                                   std::vector<int64_t>(e_count), std::vector<int64_t>(e_count), {}});
+                                                   down.typed_data(), sorted_out.data(), h, gate.dimensions()[2],
+                                                   std::vector<int64_t>(e_count), std::vector<int64_t>(e_count)});
   Problem& p = *problem;
-  int64_t row = 0;
-  for (int64_t e = 0; e < e_count; ++e) {
-    const int64_t n = std::clamp<int64_t>(sizes.typed_data()[e], 0, m - row);
+  for (int64_t i = 0; i < m; ++i)
+    if (id[i] >= 0 && id[i] < e_count) ++p.num_rows[id[i]];
+  for (int64_t e = 0, row = 0; e < e_count; row += p.num_rows[e++]) {
     p.first_row[e] = row;
-    p.num_rows[e] = n;
-    row += n;
-    if (n > 0) p.order.push_back(e);
+    if (p.num_rows[e] > 0) p.order.push_back(e);
   }
-  std::fill(p.out + row * h, p.out + m * h, 0.0f);
   std::stable_sort(p.order.begin(), p.order.end(),
                    [&p](int64_t a, int64_t b) { return p.num_rows[a] > p.num_rows[b]; });
+  std::vector<int64_t> next = p.first_row, slot(m, -1);  // assignment -> its sorted row
+  p.row_tokens.resize(m);
+  for (int64_t i = 0; i < m; ++i) {
+    if (id[i] < 0 || id[i] >= e_count) continue;
+    slot[i] = next[id[i]]++;
+    p.row_tokens[slot[i]] = i / top_k;
+  }
   RunOnPool(pool, static_cast<int64_t>(p.order.size()), [problem](int64_t i) {
     RunExpert(*problem, problem->order[i]);
   });
+  const float* w = weights.typed_data();
+  float* o = out->typed_data();
+  for (int64_t t = 0; t < tokens; ++t) {
+    float* row = o + t * h;
+    std::fill(row, row + h, 0.0f);
+    for (int64_t a = 0; a < top_k; ++a) {
+      const int64_t i = t * top_k + a;
+      if (slot[i] < 0) continue;
+      const float* y = sorted_out.data() + slot[i] * h;
+      for (int64_t c = 0; c < h; c += 16) Store(row + c, Load(row + c) + Load(y + c) * w[i]);
+    }
+  }
   return ffi::Error::Success();
 }
 
@@ -373,16 +407,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DmaxCpuMatmul, Matmul,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(DmaxCpuExperts, Experts,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
-
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DmaxCpuAttention, Attention,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
@@ -393,4 +417,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DmaxCpuAttention, Attention,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DmaxCpuRoutedExperts, RoutedExperts,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());

@@ -1,18 +1,19 @@
-"""Hand-written CPU kernels for a decoding forward's matmuls (`cpu_kernels.cc`, XLA FFI calls, float32).
+"""Hand-written CPU kernels for a decoding forward (`cpu_kernels.cc`, XLA FFI calls, float32).
 
-`experts`: a layer's routed experts. At decode shapes (a few rows per expert) XLA:CPU's loop over experts copies
-every weight matrix it uses out of the stacked array before its dot and runs a loop iteration per tile, so it
-streams the weights at a fraction of the machine's bandwidth; the kernel reads each used expert's weights once,
-in place. `matmul`: `x @ w` for the few rows of a decode (projections, dense MLPs, LM head), where XLA:CPU's dot
-runs well under the machine's FLOP/s (the mid-size model's matmuls at 32 rows: 81-123 GFLOP/s, the kernel 137-148,
-a 2048^3 matmul 187; `benchmarks/matmul_kernel.py`). `attention`: a decoding forward's attention to the cache
-and its own keys, where XLA runs a dozen small ops per layer. The library is compiled with the machine's C++ compiler on
-first use (`-O3 -march=native`, a few seconds) into a cache folder (`$DMAX_JAX_KERNEL_CACHE`, default
-`~/.cache/dmax_jax`), keyed by its source, the flags, jaxlib's version and the CPU's features.
-Where it cannot be built (no compiler), `available()` is false and callers keep to XLA's kernels.
+`routed_experts`: a layer's routed experts, from the tokens and their routing. At decode shapes (a few rows per
+expert) XLA:CPU's loop over experts copies every weight matrix it uses out of the stacked array before its dot and
+runs a loop iteration per tile, so it streams the weights at a fraction of the machine's bandwidth; the kernel
+reads each used expert's weights once, in place, and also does the sorting, gathering and weighted sum that take
+XLA a dozen small ops. `matmul`: `x @ w` for the few rows of a decode (projections, dense MLPs, LM head), where
+XLA:CPU's dot runs well under the machine's FLOP/s (the mid-size model's matmuls at 32 rows: 81-123 GFLOP/s, the
+kernel 137-148, a 2048^3 matmul 187; `benchmarks/matmul_kernel.py`). `attention`: a decoding forward's attention
+to the cache and its own keys, where XLA runs a dozen small ops per layer. The library is compiled with the
+machine's C++ compiler on first use (`-O3 -march=native`, a few seconds) into a cache folder
+(`$DMAX_JAX_KERNEL_CACHE`, default `~/.cache/dmax_jax`), keyed by its source, the flags, jaxlib's version and the
+CPU's features. Where it cannot be built (no compiler), `available()` is false and callers keep to XLA's kernels.
 
-Shapes follow the package legend: M rows (assignment rows sorted by expert), H hidden, F expert width, E
-experts; K and N a matmul's contracted and output widths.
+Shapes follow the package legend: T tokens, A experts per token, H hidden, F expert width, E experts; K and N a
+matmul's contracted and output widths; B batch, N heads, K kv heads, D head dim, P cache length in `attention`.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import jax.numpy as jnp
 import jaxlib
 
 SOURCE = pathlib.Path(__file__).with_name("cpu_kernels.cc")
-TARGETS = {"dmax_cpu_experts": "DmaxCpuExperts", "dmax_cpu_matmul": "DmaxCpuMatmul",
+TARGETS = {"dmax_cpu_routed_experts": "DmaxCpuRoutedExperts", "dmax_cpu_matmul": "DmaxCpuMatmul",
            "dmax_cpu_attention": "DmaxCpuAttention"}
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
 
@@ -103,15 +104,20 @@ def _call(target: str, out_shape: tuple[int, ...], *operands: jax.Array) -> jax.
   return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(out_shape, jnp.float32), vmap_method="sequential")(*operands)
 
 
-def experts(rows_MxH: jax.Array, group_sizes_E: jax.Array, gate_ExHxF: jax.Array, up_ExHxF: jax.Array,
-            down_ExFxH: jax.Array) -> jax.Array:
-  """`[M, H]` SwiGLU outputs of the rows sorted by expert (`group_sizes_E[e]` rows each); zeros past their sum."""
+def _expert_weights(gate_ExHxF: jax.Array, up_ExHxF: jax.Array, down_ExFxH: jax.Array) -> tuple[jax.Array, ...]:
   _, hidden, width = gate_ExHxF.shape
   if not supports(hidden, width, jnp.float32):  # other dtypes are cast
     raise ValueError(f"the CPU expert kernel needs hidden and expert widths that are multiples of 16, "
                      f"got {hidden}, {width}")
-  return _call("dmax_cpu_experts", rows_MxH.shape, rows_MxH.astype(jnp.float32), group_sizes_E.astype(jnp.int32),
-               gate_ExHxF.astype(jnp.float32), up_ExHxF.astype(jnp.float32), down_ExFxH.astype(jnp.float32))
+  return tuple(w.astype(jnp.float32) for w in (gate_ExHxF, up_ExHxF, down_ExFxH))
+
+
+def routed_experts(x_TxH: jax.Array, expert_ids_TxA: jax.Array, weights_TxA: jax.Array, gate_ExHxF: jax.Array,
+                   up_ExHxF: jax.Array, down_ExFxH: jax.Array) -> jax.Array:
+  """`[T, H]` float32 `sum_a weights[t, a] * expert_{ids[t, a]}(x[t])` (SwiGLU experts; ids outside `[0, E)` add
+  nothing): the sorting by expert, the gathering of token rows and the weighted sum happen in the call."""
+  return _call("dmax_cpu_routed_experts", x_TxH.shape, x_TxH.astype(jnp.float32), expert_ids_TxA.astype(jnp.int32),
+               weights_TxA.astype(jnp.float32), *_expert_weights(gate_ExHxF, up_ExHxF, down_ExFxH))
 
 
 def matmul(x_MxK: jax.Array, w_KxN: jax.Array) -> jax.Array:

@@ -11,7 +11,8 @@ expands `ragged_dot` into a dense dot over every expert), with a loop over tiles
 rows, each multiplied by its expert's weights in place (`looped`: few rows per expert, decoding), with
 per-expert buckets multiplied by all stacked weights in place plus a loop over overflow tiles (`bucketed`:
 few rows per expert, evenly routed), or with a hand-written CPU kernel that streams each used expert's weights
-once (`native`: decoding on CPU, `cpu_kernels.py`).
+once (`native`: decoding on CPU, `cpu_kernels.py`; `dispatch_experts` then hands it the tokens and their routing
+and it sorts, gathers and sums the weighted outputs itself).
 
 On a mesh, `expert_parallel_moe` runs routing and the same dispatch in `shard_map`: each device holds
 `E / ep` whole experts; the tokens of the expert-parallel group are all-gathered, each device multiplies
@@ -240,12 +241,6 @@ def _looped_experts(rows_MxH, group_sizes_E, w: ExpertWeights, dtype, max_tile: 
   return _expert_tiles(padded_rows, start_E, group_sizes_E, w, dtype, m, jnp.zeros_like(rows_MxH))
 
 
-@_with_tiled_backward
-def _native_experts(rows_MxH, group_sizes_E, w: ExpertWeights, dtype, max_tile: int) -> jax.Array:
-  del max_tile
-  return cpu_kernels.experts(rows_MxH, group_sizes_E, w.gate, w.up, w.down).astype(dtype)
-
-
 # On CPU, `auto` uses a decode kernel up to this many rows per expert on average (decoding: a block of
 # 32 tokens x top-8 over 64 experts is 4 per row of the batch), the tiled one above (training).
 DECODE_MAX_MEAN_ROWS = 64
@@ -279,8 +274,6 @@ def _grouped_experts(rows_MxH, group_sizes_E, experts: ExpertWeights, impl: str,
     return _bucketed_experts(rows_MxH, group_sizes_E, experts, rows_MxH.dtype, max_tile)
   if impl == "looped":
     return _looped_experts(rows_MxH, group_sizes_E, experts, rows_MxH.dtype, max_tile)
-  if impl == "native":
-    return _native_experts(rows_MxH, group_sizes_E, experts, rows_MxH.dtype, max_tile)
   raise ValueError(f"unknown MoE implementation {impl!r}")
 
 
@@ -298,6 +291,9 @@ def dispatch_experts(x_TxH: jax.Array, expert_ids_TxA: jax.Array, weights_TxA: j
   """
   num_tokens, top_k = expert_ids_TxA.shape
   num_experts = experts.gate.shape[0]
+  impl = resolve_impl(impl, jax.ShapeDtypeStruct((num_tokens * top_k, x_TxH.shape[1]), x_TxH.dtype), experts)
+  if impl == "native":
+    return _native_routed_experts(x_TxH, expert_ids_TxA, weights_TxA, experts, max_tile).astype(x_TxH.dtype)
   flat_M = expert_ids_TxA.reshape(-1)
   order_M = jnp.argsort(flat_M, stable=True)
   rows_MxH = x_TxH[order_M // top_k]
@@ -309,17 +305,45 @@ def dispatch_experts(x_TxH: jax.Array, expert_ids_TxA: jax.Array, weights_TxA: j
   return jnp.einsum("tah,ta->th", per_slot_TxAxH, weights_TxA).astype(x_TxH.dtype)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _native_routed_experts(x_TxH, expert_ids_TxA, weights_TxA, experts: ExpertWeights, max_tile: int) -> jax.Array:
+  """Float32 `sum_a weight_a * expert_a(x)` of the assignments to `[0, E)` as one call of the CPU kernel
+  (sorting, gathering, experts and weighted sum); its backward pass is `_local_expert_outputs` with `tiled`."""
+  del max_tile
+  with jax.named_scope("expert_matmuls"):
+    return cpu_kernels.routed_experts(x_TxH, expert_ids_TxA, weights_TxA, *experts)
+
+
+def _native_routed_experts_fwd(x_TxH, expert_ids_TxA, weights_TxA, experts, max_tile):
+  out = _native_routed_experts(x_TxH, expert_ids_TxA, weights_TxA, experts, max_tile)
+  return out, (x_TxH, expert_ids_TxA, weights_TxA, experts)
+
+
+def _native_routed_experts_bwd(max_tile, residuals, out_cotangent_TxH):
+  x_TxH, expert_ids_TxA, weights_TxA, experts = residuals
+  tiled = lambda x, w, e: _local_expert_outputs(x, expert_ids_TxA, w, e, "tiled", max_tile)
+  x_cotangent, weights_cotangent, experts_cotangent = jax.vjp(tiled, x_TxH, weights_TxA, experts)[1](
+      out_cotangent_TxH)
+  return x_cotangent, None, weights_cotangent, experts_cotangent
+
+
+_native_routed_experts.defvjp(_native_routed_experts_fwd, _native_routed_experts_bwd)
+
+
 @jax.named_scope("dispatch")
 def _local_expert_outputs(x_UxH, local_ids_UxA, weights_UxA, experts: ExpertWeights, impl: str,
                           max_tile: int) -> jax.Array:
   """`sum_k weight_k * expert_k(x)` over the assignments to this device's experts only.
 
   `local_ids_UxA` holds local expert indices in `[0, E_l)` and `E_l` for assignments elsewhere: those
-  sort last and fall outside every group (`ragged` skips them; `tiled`, the CPU kernel, computes them
-  with the last expert's weights) and are masked out. Returns float32 `[U, H]`.
+  sort last and fall outside every group (`ragged` skips them; `tiled` computes them with the last expert's
+  weights) and are masked out; the `native` kernel skips them. Returns float32 `[U, H]`.
   """
   num_tokens, top_k = local_ids_UxA.shape
   num_local = experts.gate.shape[0]
+  impl = resolve_impl(impl, jax.ShapeDtypeStruct((num_tokens * top_k, x_UxH.shape[1]), x_UxH.dtype), experts)
+  if impl == "native":
+    return _native_routed_experts(x_UxH, local_ids_UxA, weights_UxA, experts, max_tile)
   flat_M = local_ids_UxA.reshape(-1)
   order_M = jnp.argsort(flat_M, stable=True)
   rows_MxH = x_UxH[order_M // top_k]
