@@ -32,17 +32,30 @@ def test_prefix_sizes():
   assert prefix_sizes(2112) == (256, 384, 640, 1024, 1536, 2112)
 
 
-@pytest.mark.parametrize("filled", [(0, 0), (40, 250), (100, 300), (513, 20), (600, 600)])
-def test_cache_prefix_cut_equals_whole_softmax(filled):
-  rng = np.random.default_rng(sum(filled))
-  q = rng.standard_normal((BATCH, QUERIES, HEADS, HEAD_DIM)).astype(np.float32)
-  k, v = (rng.standard_normal((BATCH, KV_HEADS, QUERIES, HEAD_DIM)).astype(np.float32) for _ in range(2))
-  prefix_k, prefix_v = (rng.standard_normal((BATCH, KV_HEADS, PREFIX, HEAD_DIM)).astype(np.float32)
+# The CPU kernel's shapes: query counts and head dims multiples of 16; 3 query heads per kv head.
+NATIVE_QUERIES, NATIVE_HEADS, NATIVE_DIM, NATIVE_PREFIX = 16, 6, 32, 300
+
+
+def _cache_inputs(rng, filled, queries=NATIVE_QUERIES, heads=NATIVE_HEADS, head_dim=NATIVE_DIM,
+                  prefix=NATIVE_PREFIX):
+  """q, own k/v, cached k/v and the keep mask of `len(filled)` rows whose queries see `filled[row]` cached keys
+  and the own keys causally."""
+  batch = len(filled)
+  q = rng.standard_normal((batch, queries, heads, head_dim)).astype(np.float32)
+  k, v = (rng.standard_normal((batch, KV_HEADS, queries, head_dim)).astype(np.float32) for _ in range(2))
+  prefix_k, prefix_v = (rng.standard_normal((batch, KV_HEADS, prefix, head_dim)).astype(np.float32)
                         for _ in range(2))
-  keep = np.zeros((BATCH, QUERIES, PREFIX + QUERIES), bool)
+  keep = np.zeros((batch, queries, prefix + queries), bool)
   for row, n in enumerate(filled):
     keep[row, :, :n] = True
-  keep[:, :, PREFIX:] = np.tril(np.ones((QUERIES, QUERIES), bool))  # causal among the new keys
+  keep[:, :, prefix:] = np.tril(np.ones((queries, queries), bool))
+  return q, k, v, prefix_k, prefix_v, keep
+
+
+@pytest.mark.parametrize("filled", [(0, 0), (40, 250), (100, 300), (513, 20), (600, 600)])
+def test_cache_prefix_cut_equals_whole_softmax(filled):
+  q, k, v, prefix_k, prefix_v, keep = _cache_inputs(np.random.default_rng(sum(filled)), filled, QUERIES, HEADS,
+                                                    HEAD_DIM, PREFIX)
   bias = mask_to_bias(keep[:, None], BATCH, QUERIES, PREFIX + QUERIES)
   got = jax.jit(attend)(q, k, v, bias, (prefix_k, prefix_v))
   want = _numpy_attention(q, np.concatenate([prefix_k, k], 2), np.concatenate([prefix_v, v], 2), keep)
@@ -59,26 +72,10 @@ def test_the_cut_is_a_switch_over_prefix_sizes():
   assert len(switch.params["branches"]) == len(prefix_sizes(PREFIX))
 
 
-# The kernel's shapes: query counts and head dims multiples of 16; 3 query heads per kv head.
-NATIVE_QUERIES, NATIVE_HEADS, NATIVE_DIM, NATIVE_PREFIX = 16, 6, 32, 300
-
-
-def _cache_inputs(rng, batch, filled, prefix=NATIVE_PREFIX):
-  q = rng.standard_normal((batch, NATIVE_QUERIES, NATIVE_HEADS, NATIVE_DIM)).astype(np.float32)
-  k, v = (rng.standard_normal((batch, KV_HEADS, NATIVE_QUERIES, NATIVE_DIM)).astype(np.float32) for _ in range(2))
-  prefix_k, prefix_v = (rng.standard_normal((batch, KV_HEADS, prefix, NATIVE_DIM)).astype(np.float32)
-                        for _ in range(2))
-  keep = np.zeros((batch, NATIVE_QUERIES, prefix + NATIVE_QUERIES), bool)
-  for row, n in enumerate(filled):
-    keep[row, :, :n] = True
-  keep[:, :, prefix:] = np.tril(np.ones((NATIVE_QUERIES, NATIVE_QUERIES), bool))
-  return q, k, v, prefix_k, prefix_v, keep
-
-
 @pytest.mark.parametrize("filled", [(0,), (300,), (7, 300, 129), (1, 64)])
 def test_native_cache_attention_matches_numpy(filled):
   rng = np.random.default_rng(len(filled) + sum(filled))
-  q, k, v, prefix_k, prefix_v, keep = _cache_inputs(rng, len(filled), filled)
+  q, k, v, prefix_k, prefix_v, keep = _cache_inputs(rng, filled)
   bias = mask_to_bias(keep[:, None], len(filled), NATIVE_QUERIES, NATIVE_PREFIX + NATIVE_QUERIES)
   assert resolve_impl("native", q, k, v, (prefix_k, prefix_v)) == "native"
   got = jax.jit(lambda *a: attend(*a, impl="native"))(q, k, v, bias, (prefix_k, prefix_v))
@@ -89,7 +86,7 @@ def test_native_cache_attention_matches_numpy(filled):
 def test_native_cache_attention_reads_no_key_past_the_last_one_seen():
   rng = np.random.default_rng(3)
   filled = (40, 200)
-  q, k, v, prefix_k, prefix_v, keep = _cache_inputs(rng, 2, filled)
+  q, k, v, prefix_k, prefix_v, keep = _cache_inputs(rng, filled)
   for row, n in enumerate(filled):  # stale cache past what each row's queries see
     prefix_k[row, :, n:] = np.nan
     prefix_v[row, :, n:] = np.nan
@@ -105,7 +102,7 @@ def test_native_cache_attention_reads_no_key_past_the_last_one_seen():
 
 def test_native_cache_attention_takes_a_bias_shared_by_the_batch():
   rng = np.random.default_rng(4)
-  q, k, v, prefix_k, prefix_v, keep = _cache_inputs(rng, 2, (90, 90))
+  q, k, v, prefix_k, prefix_v, keep = _cache_inputs(rng, (90, 90))
   bias = mask_to_bias(keep[0], 2, NATIVE_QUERIES, NATIVE_PREFIX + NATIVE_QUERIES)  # [1, 1, T, S]
   assert bias.shape[0] == 1
   got = attend(q, k, v, bias, (prefix_k, prefix_v), impl="native")
@@ -115,7 +112,7 @@ def test_native_cache_attention_takes_a_bias_shared_by_the_batch():
 
 def test_gradient_of_native_cache_attention_equals_xla():
   rng = np.random.default_rng(5)
-  q, k, v, prefix_k, prefix_v, keep = _cache_inputs(rng, 2, (10, 250), prefix=48 * 8)
+  q, k, v, prefix_k, prefix_v, keep = _cache_inputs(rng, (10, 250), prefix=48 * 8)
   bias = mask_to_bias(keep[:, None], 2, NATIVE_QUERIES, 48 * 8 + NATIVE_QUERIES)
   loss = lambda impl: lambda *a: jnp.sum(jnp.sin(attend(*a[:4], a[4:], impl=impl)))
   got = jax.jit(jax.grad(loss("native"), argnums=range(6)))(q, k, v, bias, prefix_k, prefix_v)
@@ -125,7 +122,7 @@ def test_gradient_of_native_cache_attention_equals_xla():
 
 
 def test_auto_picks_the_kernel_for_float32_cache_attention_on_cpu_outside_meshes(monkeypatch):
-  q, k, v, prefix_k, prefix_v, _ = _cache_inputs(np.random.default_rng(6), 1, (1,))
+  q, k, v, prefix_k, prefix_v, _ = _cache_inputs(np.random.default_rng(6), (1,))
   prefix = (prefix_k, prefix_v)
   assert resolve_impl("auto", q, k, v, prefix) == "native"
   assert resolve_impl("auto", q, k, v, None) == "xla"  # no cache: training, prefill
@@ -140,7 +137,7 @@ def test_auto_picks_the_kernel_for_float32_cache_attention_on_cpu_outside_meshes
 
 
 def test_attention_kernel_rejects_bad_shapes():
-  q, k, v, prefix_k, prefix_v, _ = _cache_inputs(np.random.default_rng(7), 1, (1,))
+  q, k, v, prefix_k, prefix_v, _ = _cache_inputs(np.random.default_rng(7), (1,))
   bias_t = np.zeros((1, NATIVE_PREFIX + 8, 8), np.float32)
   with pytest.raises(ValueError, match="multiples of 16"):
     cpu_kernels.attention(q[:, :8], prefix_k, prefix_v, k[:, :, :8], v[:, :, :8], bias_t, np.zeros(1, np.int32))
