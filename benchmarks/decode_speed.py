@@ -5,7 +5,8 @@ One SPD block step (`dmax_jax.decoding.generate.block_step`: a block of 32 token
 KV cache, then the SPD rule) of random LLaDA2-MoE models, timed compiled (best of --repeats), at batch 1
 and 8 and at the cache lengths of gen 256 and gen 1024 (prompt 64): the decode's last block (the cache filled)
 and the mean over --positions blocks spread over the decode (attention reads the cache only as far as it is
-filled: XLA's attention to the next of `dmax_jax.layers.attention.prefix_sizes`, the kernel to the key). Layouts, any of them in one run:
+filled: XLA's attention to the next of `dmax_jax.layers.attention.prefix_sizes`, the CPU kernel to the last key
+seen). Layouts, any of them in one run:
   before: layers scanned over stacked weights, `tiled` MoE kernel (the earlier default);
   looped: layers unrolled over per-layer weights and cache (`scan_layers=False`, what decode.py loads),
           XLA's own decode MoE kernel (`looped`), XLA's dots;

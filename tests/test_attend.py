@@ -128,7 +128,8 @@ def test_auto_picks_the_kernel_for_float32_cache_attention_on_cpu_outside_meshes
   assert resolve_impl("auto", q, k, v, None) == "xla"  # no cache: training, prefill
   assert resolve_impl("xla", q, k, v, prefix) == "xla"
   assert resolve_impl("native", q[:, :8], k[:, :, :8], v[:, :, :8], prefix) == "xla"  # 8 queries
-  assert resolve_impl("native", q[..., :24], k[..., :24], v[..., :24], (prefix_k[..., :24], prefix_v[..., :24])) == "xla"
+  narrow = [a[..., :24] for a in (q, k, v, prefix_k, prefix_v)]  # head dim 24
+  assert resolve_impl("native", *narrow[:3], tuple(narrow[3:])) == "xla"
   assert resolve_impl("auto", q.astype(jnp.bfloat16), k, v, prefix) == "xla"
   with sharding.use_mesh(sharding.make_mesh({"data": 2}, jax.devices()[:2])):
     assert resolve_impl("auto", q, k, v, prefix) == "xla"

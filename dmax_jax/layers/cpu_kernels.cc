@@ -313,7 +313,6 @@ ffi::Error Matmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi
   return ffi::Error::Success();
 }
 
-
 struct AttentionProblem {
   const float *q, *prefix_k, *prefix_v, *k, *v, *bias_t;
   float* out;
@@ -376,7 +375,8 @@ void AttendGroup(const AttentionProblem& a, int64_t row, int64_t g) {
 
 ffi::Error Attention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> prefix_k,
                      ffi::Buffer<ffi::F32> prefix_v, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
-                     ffi::Buffer<ffi::F32> bias_t, ffi::Buffer<ffi::S32> prefix_lens, ffi::ResultBuffer<ffi::F32> out) {
+                     ffi::Buffer<ffi::F32> bias_t, ffi::Buffer<ffi::S32> prefix_lens,
+                     ffi::ResultBuffer<ffi::F32> out) {
   const auto qd = q.dimensions(), pd = prefix_k.dimensions(), kd = k.dimensions(), bd = bias_t.dimensions();
   if (qd.size() != 4 || pd.size() != 4 || kd.size() != 4 || bd.size() != 3 || prefix_lens.dimensions().size() != 1 ||
       prefix_lens.element_count() != qd[0]) {
@@ -386,7 +386,8 @@ ffi::Error Attention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<
   const int64_t b = qd[0], t = qd[1], n = qd[2], d = qd[3], kv = pd[1], p = pd[2];
   const auto vd = prefix_v.dimensions(), own_vd = v.dimensions();
   const bool same = pd[0] == b && pd[3] == d && kd[0] == b && kd[1] == kv && kd[2] == t && kd[3] == d &&
-                    bd[0] == b && bd[1] == p + t && bd[2] == t && std::equal(vd.begin(), vd.end(), pd.begin(), pd.end()) &&
+                    bd[0] == b && bd[1] == p + t && bd[2] == t &&
+                    std::equal(vd.begin(), vd.end(), pd.begin(), pd.end()) &&
                     std::equal(own_vd.begin(), own_vd.end(), kd.begin(), kd.end());
   if (!same || kv == 0 || n % kv != 0 || t % 16 != 0 || d % 16 != 0) {
     return ffi::Error::InvalidArgument("cpu_attention: shapes disagree, or T or D not a multiple of 16");
@@ -394,7 +395,9 @@ ffi::Error Attention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<
   auto problem = std::make_shared<AttentionProblem>(AttentionProblem{
       q.typed_data(), prefix_k.typed_data(), prefix_v.typed_data(), k.typed_data(), v.typed_data(),
       bias_t.typed_data(), out->typed_data(), prefix_lens.typed_data(), t, n, kv, d, p});
-  RunOnPool(pool, b * kv, [problem](int64_t i) { AttendGroup(*problem, i / problem->kv_heads, i % problem->kv_heads); });
+  RunOnPool(pool, b * kv, [problem](int64_t i) {
+    AttendGroup(*problem, i / problem->kv_heads, i % problem->kv_heads);
+  });
   return ffi::Error::Success();
 }
 
