@@ -9,7 +9,7 @@ Shape legend: array names end in their shape, `x_BxTxH` = `[batch, tokens, hidde
   D head dimension              E experts                       F expert (FFN) width
   A experts per token (top-k)   G expert groups                 J experts per group
   M token-expert assignment rows  U tokens gathered over a mesh group (expert- or vocabulary-parallel)
-  C bucket capacity             I tiles (of m rows)
+  C bucket capacity             I tiles (of m rows)           W, O a plain matmul's contracted and output widths
 
 Suffixes name the shapes of arguments and of arrays whose shape is not plain from the nearby code; `_B` alone
 is per row.

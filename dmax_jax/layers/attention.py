@@ -121,7 +121,7 @@ def _whole_cache_attend(q_BxTxNxD, k_BxKxTxD, v_BxKxTxD, bias_Bx1xTxS, prefix_k,
 def _native_cache_attend(q_BxTxNxD, k_BxKxTxD, v_BxKxTxD, bias_Bx1xTxS, prefix_k, prefix_v) -> jax.Array:
   b, t = q_BxTxNxD.shape[:2]
   p = prefix_k.shape[2]
-  bias_BxTxS = jnp.broadcast_to(bias_Bx1xTxS, (b, 1, t, p + t))[:, 0].astype(jnp.float32)
+  bias_BxTxS = jnp.broadcast_to(bias_Bx1xTxS, (b, 1, t, p + t))[:, 0]
   prefix_lens_B = _seen_prefix_lengths(bias_BxTxS[:, None, :, :p])
   out = cpu_kernels.attention(q_BxTxNxD, prefix_k, prefix_v, k_BxKxTxD, v_BxKxTxD, bias_BxTxS.transpose(0, 2, 1),
                               prefix_lens_B)

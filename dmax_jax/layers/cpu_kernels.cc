@@ -369,7 +369,7 @@ void AttendGroup(const AttentionProblem& a, int64_t row, int64_t g) {
     const int64_t t = i % t_len, j = i / t_len;
     float* o = a.out + ((row * t_len + t) * a.heads + g * group + j) * d;
     const float sum = total[i / 16][i % 16];
-    for (int64_t c = 0; c < d; ++c) o[c] = (prefix_out[i * d + c] + own_out[i * d + c]) / sum;
+    for (int64_t c = 0; c < d; c += 16) Store(o + c, (Load(&prefix_out[i * d + c]) + Load(&own_out[i * d + c])) / sum);
   }
 }
 

@@ -12,8 +12,9 @@ machine's C++ compiler on first use (`-O3 -march=native`, a few seconds) into a 
 (`$DMAX_JAX_KERNEL_CACHE`, default `~/.cache/dmax_jax`), keyed by its source, the flags, jaxlib's version and the
 CPU's features. Where it cannot be built (no compiler), `available()` is false and callers keep to XLA's kernels.
 
-Shapes follow the package legend: T tokens, A experts per token, H hidden, F expert width, E experts; K and N a
-matmul's contracted and output widths; B batch, N heads, K kv heads, D head dim, P cache length in `attention`.
+Shapes follow the package legend: T tokens (a matmul's rows), A experts per token, H hidden, F expert width, E
+experts, W and O a matmul's contracted and output widths; B batch, N query heads, K kv heads, D head dim, P cache
+length.
 """
 
 from __future__ import annotations
@@ -120,13 +121,13 @@ def routed_experts(x_TxH: jax.Array, expert_ids_TxA: jax.Array, weights_TxA: jax
                weights_TxA.astype(jnp.float32), *_expert_weights(gate_ExHxF, up_ExHxF, down_ExFxH))
 
 
-def matmul(x_MxK: jax.Array, w_KxN: jax.Array) -> jax.Array:
-  """`[M, N]` float32 `x @ w` (N a multiple of 16)."""
-  if w_KxN.shape[1] % 16 != 0 or x_MxK.shape[1] != w_KxN.shape[0]:
-    raise ValueError(f"the CPU matmul kernel needs x [M, K] and w [K, N] with N a multiple of 16, got "
-                     f"{x_MxK.shape} and {w_KxN.shape}")
-  return _call("dmax_cpu_matmul", (x_MxK.shape[0], w_KxN.shape[1]), x_MxK.astype(jnp.float32),
-               w_KxN.astype(jnp.float32))
+def matmul(x_TxW: jax.Array, w_WxO: jax.Array) -> jax.Array:
+  """`[T, O]` float32 `x @ w` (O a multiple of 16)."""
+  if w_WxO.shape[1] % 16 != 0 or x_TxW.shape[1] != w_WxO.shape[0]:
+    raise ValueError(f"the CPU matmul kernel needs x [T, W] and w [W, O] with O a multiple of 16, got "
+                     f"{x_TxW.shape} and {w_WxO.shape}")
+  return _call("dmax_cpu_matmul", (x_TxW.shape[0], w_WxO.shape[1]), x_TxW.astype(jnp.float32),
+               w_WxO.astype(jnp.float32))
 
 
 def attention(q_BxTxNxD: jax.Array, prefix_k_BxKxPxD: jax.Array, prefix_v_BxKxPxD: jax.Array, k_BxKxTxD: jax.Array,

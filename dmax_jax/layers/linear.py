@@ -34,17 +34,17 @@ def resolve_impl(impl: str, rows: int, n: int, dtype) -> str:
 
 
 @jax.custom_vjp
-def _native_matmul(x_MxK: jax.Array, w_KxN: jax.Array) -> jax.Array:
-  return cpu_kernels.matmul(x_MxK, w_KxN)
+def _native_matmul(x_TxW: jax.Array, w_WxO: jax.Array) -> jax.Array:
+  return cpu_kernels.matmul(x_TxW, w_WxO)
 
 
-def _native_matmul_fwd(x_MxK, w_KxN):
-  return cpu_kernels.matmul(x_MxK, w_KxN), (x_MxK, w_KxN)
+def _native_matmul_fwd(x_TxW, w_WxO):
+  return cpu_kernels.matmul(x_TxW, w_WxO), (x_TxW, w_WxO)
 
 
-def _native_matmul_bwd(residuals, grad_MxN):
-  x_MxK, w_KxN = residuals
-  return grad_MxN @ w_KxN.T, x_MxK.T @ grad_MxN
+def _native_matmul_bwd(residuals, grad_TxO):
+  x_TxW, w_WxO = residuals
+  return grad_TxO @ w_WxO.T, x_TxW.T @ grad_TxO
 
 
 _native_matmul.defvjp(_native_matmul_fwd, _native_matmul_bwd)
